@@ -1,0 +1,32 @@
+"""pyro_mmebm: multimodal latent generative models with an energy-based prior, in Pyro."""
+
+from pyro_mmebm import _torchvision  # noqa: F401  (first: makes torchvision importable everywhere)
+from pyro_mmebm.distributions import StratifiedMixtureOfExperts, TiltedLaplace
+from pyro_mmebm.energy import EnergyMLP
+from pyro_mmebm.langevin import LangevinDivergenceError, PersistentChains, langevin_run, langevin_sample
+from pyro_mmebm.likelihoods import Likelihood
+from pyro_mmebm.monitoring import EBMDivergenceError, EnergyGapMonitor
+from pyro_mmebm.priors import PRIORS, EnergyBasedPrior, LaplacePrior, NormalPrior
+from pyro_mmebm.training import TrainConfig, evaluate_loss, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EBMDivergenceError",
+    "EnergyBasedPrior",
+    "EnergyGapMonitor",
+    "EnergyMLP",
+    "LaplacePrior",
+    "LangevinDivergenceError",
+    "Likelihood",
+    "NormalPrior",
+    "PRIORS",
+    "PersistentChains",
+    "StratifiedMixtureOfExperts",
+    "TiltedLaplace",
+    "TrainConfig",
+    "evaluate_loss",
+    "fit",
+    "langevin_run",
+    "langevin_sample",
+]

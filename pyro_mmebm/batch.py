@@ -1,0 +1,63 @@
+"""Checking a multimodal batch: a dict ``{modality name: tensor}`` with a shared batch size."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+
+def split_batch(item: Any) -> tuple[dict[str, Tensor], Optional[Tensor]]:
+    """``(modalities, labels)`` from a data loader item: a dict, or a ``(dict, labels)`` pair."""
+    if isinstance(item, Mapping):
+        return dict(item), None
+    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], Mapping):
+        return dict(item[0]), item[1]
+    raise TypeError(
+        "a batch must be a dict {modality: tensor} or a pair (dict, labels), got " f"{type(item).__name__}"
+    )
+
+
+def validate_batch(
+    batch: Mapping[str, Tensor],
+    modalities: Iterable[str],
+    *,
+    event_dims: Optional[Mapping[str, int]] = None,
+    require_all: bool = True,
+) -> int:
+    """Check a batch and return its batch size.
+
+    Raises ``ValueError`` naming the problem: an unknown or (with ``require_all``) missing modality,
+    an empty batch, tensors whose batch sizes differ, a tensor with too few dimensions, or NaN/inf
+    values; ``TypeError`` for a value that is not a tensor.
+    """
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"batch must be a dict {{modality: tensor}}, got {type(batch).__name__}")
+    expected = list(modalities)
+    unknown = sorted(set(batch) - set(expected))
+    if unknown:
+        raise ValueError(f"unknown modality {unknown} in batch; the model has modalities {expected}")
+    missing = [name for name in expected if name not in batch]
+    if require_all and missing:
+        raise ValueError(f"missing modality {missing} in batch; the model needs all of {expected}")
+    if not batch:
+        raise ValueError(f"batch has none of the modalities {expected}")
+    sizes = {}
+    for name, x in batch.items():
+        if not isinstance(x, Tensor):
+            raise TypeError(f"modality {name!r} must be a tensor, got {type(x).__name__}")
+        needed = 1 + (event_dims[name] if event_dims and name in event_dims else 0)
+        if x.dim() < needed:
+            raise ValueError(
+                f"modality {name!r} has shape {tuple(x.shape)}; expected (batch, ...) with {needed} dimensions"
+            )
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"modality {name!r} contains NaN or infinite values")
+        sizes[name] = x.shape[0]
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"modalities have different batch sizes: {sizes}")
+    size = next(iter(sizes.values()))
+    if size == 0:
+        raise ValueError("batch is empty")
+    return size

@@ -1,0 +1,174 @@
+"""Short-run (unadjusted) Langevin dynamics for an unnormalised log density.
+
+One step is
+
+.. math::
+
+    z_{k+1} = z_k + \\frac{s^2}{2} \\nabla_z \\log \\tilde p(z_k) + s \\, \\epsilon_k,
+    \\qquad \\epsilon_k \\sim \\mathcal N(0, I),
+
+run for ``K`` steps from an initial state (for the EBM prior: draws from the base ``p0``).
+
+The chain never builds an autograd graph through its states: every step differentiates the log density
+with respect to the current state only (``torch.autograd.grad`` with ``inputs=z``), so parameters
+receive no gradient and no memory is held across steps. It runs under ``torch.no_grad()`` too (Pyro's
+``Predictive`` and ``SVI.evaluate_loss`` evaluate models that way), but not under
+``torch.inference_mode()``, whose tensors cannot be differentiated.
+
+References:
+    [1] Pang, Han, Nijkamp, Zhu, Wu (2020) "Learning Latent Space Energy-Based Prior Model".
+    [2] Nijkamp, Hill, Zhu, Wu (2019) "Learning Non-Convergent Non-Persistent Short-Run MCMC
+        Toward Energy-Based Model".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+LogDensity = Callable[[Tensor], Tensor]
+
+
+class LangevinDivergenceError(FloatingPointError):
+    """Raised when a Langevin chain produces non-finite states."""
+
+
+@dataclass
+class LangevinRun:
+    """The outcome of :func:`langevin_run`.
+
+    ``samples`` has the shape of the initial state. With ``record=True``, ``states`` has shape
+    ``(K + 1, *init.shape)`` (the initial state first), ``log_density`` shape ``(K + 1, *batch)`` and
+    ``grad_norm`` (Euclidean norm of the drift's gradient over the last dimension) the same; otherwise
+    they are ``None``.
+    """
+
+    samples: Tensor
+    step_size: float
+    states: Optional[Tensor] = None
+    log_density: Optional[Tensor] = None
+    grad_norm: Optional[Tensor] = None
+
+
+def _check_step_size(step_size: float) -> None:
+    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"Langevin step size must be a positive finite number, got {step_size!r}")
+
+
+def _value_and_grad(log_density: LogDensity, z: Tensor) -> tuple[Tensor, Tensor]:
+    z = z.detach().requires_grad_(True)
+    value = log_density(z)
+    if value.shape != z.shape[:-1]:
+        raise ValueError(
+            f"log density must return one value per state: expected shape {tuple(z.shape[:-1])}, "
+            f"got {tuple(value.shape)}"
+        )
+    (grad,) = torch.autograd.grad(value.sum(), z)
+    return value.detach(), grad
+
+
+def langevin_run(
+    log_density: LogDensity,
+    init: Tensor,
+    num_steps: int,
+    step_size: float,
+    *,
+    record: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> LangevinRun:
+    """Run ``num_steps`` Langevin steps on every row of ``init`` (shape ``(*batch, d)``).
+
+    :param log_density: ``z ↦ log p̃(z)``, mapping ``(*batch, d)`` to ``(*batch,)``.
+    :param init: initial states; they are not modified.
+    :param num_steps: number of steps ``K`` (0 returns ``init``).
+    :param step_size: step size ``s``; the noise has standard deviation ``s``.
+    :param record: keep every state and the per-step statistics (for diagnostics).
+    :param generator: optional random generator for the noise.
+    :raises LangevinDivergenceError: when a state becomes non-finite (NaN or ±inf), naming the step
+        size and the first bad step.
+    """
+    _check_step_size(step_size)
+    if num_steps < 0:
+        raise ValueError(f"number of Langevin steps must be non-negative, got {num_steps}")
+    z = init.detach()
+    half_step_sq = 0.5 * step_size**2
+    states, log_densities, grad_norms, finite = [], [], [], []
+    with torch.enable_grad():
+        for _ in range(num_steps):
+            value, grad = _value_and_grad(log_density, z)
+            if record:
+                states.append(z)
+                log_densities.append(value)
+                grad_norms.append(grad.norm(dim=-1))
+            noise = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
+            z = z + half_step_sq * grad + step_size * noise
+            finite.append(torch.isfinite(z).all())
+        if record:
+            value, grad = _value_and_grad(log_density, z)
+            states.append(z)
+            log_densities.append(value)
+            grad_norms.append(grad.norm(dim=-1))
+    if finite:
+        finite_steps = torch.stack(finite)
+        if not bool(finite_steps.all()):
+            first_bad = int((~finite_steps).nonzero()[0]) + 1
+            raise LangevinDivergenceError(
+                f"Langevin chain diverged: non-finite state at step {first_bad} of {num_steps} with "
+                f"step size {step_size}. The step size is too large for this target (or the energy "
+                f"function has exploded); reduce the step size."
+            )
+    if not record:
+        return LangevinRun(samples=z, step_size=step_size)
+    return LangevinRun(
+        samples=z,
+        step_size=step_size,
+        states=torch.stack(states),
+        log_density=torch.stack(log_densities),
+        grad_norm=torch.stack(grad_norms),
+    )
+
+
+def langevin_sample(
+    log_density: LogDensity,
+    init: Tensor,
+    num_steps: int,
+    step_size: float,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """The final states of :func:`langevin_run`, shape ``init.shape``."""
+    return langevin_run(log_density, init, num_steps, step_size, generator=generator).samples
+
+
+class PersistentChains:
+    """A buffer of Langevin chain states, for persistent contrastive divergence.
+
+    Each call to :meth:`initial_states` returns the states the previous chains ended in, except that
+    each chain restarts from the base distribution with probability ``reinit_prob`` (and all of them
+    when the number of chains changes), which keeps the chains from collapsing onto a few modes [3].
+
+    [3] Du, Mordatch (2019) "Implicit Generation and Modeling with Energy-Based Models".
+    """
+
+    def __init__(self, reinit_prob: float = 0.05) -> None:
+        if not 0.0 <= reinit_prob <= 1.0:
+            raise ValueError(f"reinit_prob must lie in [0, 1], got {reinit_prob}")
+        self.reinit_prob = reinit_prob
+        self.states: Optional[Tensor] = None
+
+    def initial_states(self, fresh: Tensor) -> Tensor:
+        """Chain starts of the shape of ``fresh`` (draws from the base), reusing stored states."""
+        if self.states is None or self.states.shape != fresh.shape or self.states.device != fresh.device:
+            return fresh
+        restart = torch.rand(fresh.shape[:-1], device=fresh.device) < self.reinit_prob
+        return torch.where(restart.unsqueeze(-1), fresh, self.states)
+
+    def update(self, states: Tensor) -> None:
+        self.states = states.detach()
+
+    def reset(self) -> None:
+        self.states = None

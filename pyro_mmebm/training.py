@@ -1,0 +1,191 @@
+"""Training a model and guide jointly: decoders β, encoders φ and the EBM prior α in one optimiser step.
+
+The loss is a Pyro ELBO used in the ``ELBOModule`` style: ``Trace_ELBO()(model, guide)`` is an
+``nn.Module`` whose call returns the differentiable negative ELBO, so one ``torch.optim.Adam`` with two
+parameter groups updates everything, the prior's energy network with its own learning rate and betas
+(an EBM typically wants a much smaller rate than the VAE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+import pyro
+import torch
+from pyro.infer import ELBO, Trace_ELBO
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pyro_mmebm.batch import split_batch
+from pyro_mmebm.checkpoint import CHECKPOINT_NAME, atomic_save_json, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings, saved as JSON with every checkpoint.
+
+    :param epochs: passes over the training data.
+    :param lr, betas: Adam for the encoders and decoders.
+    :param prior_lr, prior_betas: Adam for the prior's parameters (the energy network).
+    :param grad_clip: clip the global gradient norm to this value (``None``: no clipping).
+    :param max_energy_gap: stop with :class:`~pyro_mmebm.monitoring.EBMDivergenceError` when
+        ``|E_q[f] − E_p[f]|`` exceeds it.
+    :param seed: seeds Pyro, torch, numpy and Python's ``random``.
+    """
+
+    epochs: int = 10
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    prior_lr: float = 1e-4
+    prior_betas: tuple[float, float] = (0.5, 0.999)
+    grad_clip: Optional[float] = None
+    max_energy_gap: float = 1e3
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_optimizer(model: nn.Module, guide: nn.Module, config: TrainConfig) -> torch.optim.Adam:
+    """Adam with one parameter group for ``model.prior`` and one for everything else."""
+    prior = getattr(model, "prior", None)
+    prior_params = list(prior.parameters()) if isinstance(prior, nn.Module) else []
+    prior_ids = {id(p) for p in prior_params}
+    vae_params = [p for p in list(model.parameters()) + list(guide.parameters()) if id(p) not in prior_ids]
+    groups = [{"params": vae_params, "lr": config.lr, "betas": config.betas, "name": "vae"}]
+    if prior_params:
+        groups.append(
+            {"params": prior_params, "lr": config.prior_lr, "betas": config.prior_betas, "name": "prior"}
+        )
+    return torch.optim.Adam(groups)
+
+
+def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {name: x.to(device, non_blocking=True) for name, x in batch.items()}
+
+
+def _num_draws(guide: nn.Module) -> dict[str, int]:
+    return {"num_draws": guide.num_draws} if hasattr(guide, "num_draws") else {}
+
+
+def _check_finite(loss: Tensor, step: int) -> float:
+    value = float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training loss became {value} at step {step}")
+    return value
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module,
+    guide: nn.Module,
+    loader: Iterable,
+    *,
+    elbo: Optional[ELBO] = None,
+    device: Optional[torch.device] = None,
+) -> float:
+    """The mean negative ELBO per example over ``loader`` (no gradients, no Langevin negatives)."""
+    loss_fn = (elbo or Trace_ELBO(max_plate_nesting=2))(model, guide)
+    device = device or next(model.parameters()).device
+    total, count = 0.0, 0
+    for item in loader:
+        batch, _ = split_batch(item)
+        batch = _to_device(batch, device)
+        total += float(loss_fn(batch, **_num_draws(guide)))
+        count += next(iter(batch.values())).shape[0]
+    return total / max(count, 1)
+
+
+def fit(
+    model: nn.Module,
+    guide: nn.Module,
+    train_loader: Iterable,
+    config: TrainConfig,
+    *,
+    elbo: Optional[ELBO] = None,
+    val_loader: Optional[Iterable] = None,
+    out_dir: Optional[str | Path] = None,
+    resume: bool = False,
+    device: Optional[torch.device] = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``model`` and ``guide`` for ``config.epochs`` epochs; return per-epoch metrics.
+
+    Each epoch records the mean loss per example, the mean energy gap ``E_q[f] − E_p[f]`` (for an EBM
+    prior), the validation loss and the wall time. With ``out_dir``, every epoch ends with an atomic
+    checkpoint (``checkpoint.pt``, ``config.json``, ``metrics.json``); with ``resume=True`` training
+    continues from the checkpoint there, optimiser and random state included, so an interrupted run
+    loses at most the epoch in progress.
+    """
+    device = device or next(model.parameters()).device
+    model.to(device)
+    guide.to(device)
+    pyro.set_rng_seed(config.seed)
+    optimizer = make_optimizer(model, guide, config)
+    loss_fn = (elbo or Trace_ELBO(max_plate_nesting=2))(model, guide)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume and out_dir is not None and (out_dir / CHECKPOINT_NAME).exists():
+        state = load_checkpoint(
+            out_dir, {"model": model, "guide": guide}, optimizer, restore_rng=True, map_location=device
+        )
+        history, start_epoch = state["history"], state["epoch"] + 1
+    monitor = getattr(getattr(model, "prior", None), "monitor", None)
+    step_size = getattr(getattr(model, "prior", None), "step_size", None)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    step = sum(record.get("steps", 0) for record in history)
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        guide.train()
+        started = time.perf_counter()
+        loss_sum, count, gaps = 0.0, 0, []
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for item in bar:
+            batch, _ = split_batch(item)
+            batch = _to_device(batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(batch, **_num_draws(guide))
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            step += 1
+            size = next(iter(batch.values())).shape[0]
+            loss_sum += _check_finite(loss.detach(), step)
+            count += size
+            postfix = {"loss": f"{loss_sum / count:.1f}"}
+            if monitor is not None and monitor.gap is not None:
+                monitor.check(config.max_energy_gap, step, step_size)
+                gaps.append(monitor.gap)
+                postfix["gap"] = f"{monitor.gap:.3g}"
+            bar.set_postfix(postfix)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "steps": len(bar) if hasattr(bar, "__len__") else None,
+            "loss": loss_sum / max(count, 1),
+            "seconds": time.perf_counter() - started,
+        }
+        if gaps:
+            record["energy_gap"] = sum(gaps) / len(gaps)
+            record["energy_gap_last"] = gaps[-1]
+        if val_loader is not None:
+            model.eval()
+            guide.eval()
+            record["val_loss"] = evaluate_loss(model, guide, val_loader, elbo=elbo, device=device)
+        history.append(record)
+        if progress:
+            tqdm.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if out_dir is not None:
+            save_checkpoint(
+                out_dir, {"model": model, "guide": guide}, optimizer, epoch=epoch, history=history,
+                config=config.to_dict(),
+            )
+            atomic_save_json(history, out_dir / "metrics.json")
+    return history
