@@ -1,0 +1,110 @@
+"""Source files shared by the data sets: MNIST and SVHN readers with clear errors, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyro_mmebm._torchvision import datasets
+
+
+class DatasetFilesNotFoundError(FileNotFoundError):
+    """The files a data set is read from are missing; the message says which files to put where."""
+
+
+def missing_files_error(what: str, missing: list[Path], how_to_get: str) -> DatasetFilesNotFoundError:
+    """An error listing ``missing`` (full paths) and saying how to obtain them."""
+    listing = "\n".join(f"  {path}" for path in missing)
+    return DatasetFilesNotFoundError(f"{what}: missing file(s)\n{listing}\n{how_to_get}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+
+    Readers never see a half-written file, and concurrent writers of the same file do not collide.
+    On error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save(path, array)``, written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.save(file, array)
+
+
+def mnist_files(root: str | os.PathLike) -> list[Path]:
+    """The four idx files ``torchvision.datasets.MNIST(root)`` reads (it needs all four for either split)."""
+    raw = Path(root) / "MNIST" / "raw"
+    kinds = ("images-idx3-ubyte", "labels-idx1-ubyte")
+    return [raw / f"{prefix}-{kind}" for prefix in ("train", "t10k") for kind in kinds]
+
+
+def load_mnist(root: str | os.PathLike, train: bool, download: bool = False) -> tuple[Tensor, Tensor]:
+    """MNIST through torchvision: images ``(N, 28, 28)`` uint8 and labels ``(N,)`` int64.
+
+    :param root: folder holding ``MNIST/raw/<idx files>`` (torchvision's layout).
+    :raises DatasetFilesNotFoundError: files missing and ``download`` off, or the download failed.
+    """
+    how = (
+        "Put the uncompressed MNIST idx files there (torchvision's layout), "
+        "or pass download=True to fetch them online."
+    )
+    if not download and not all(path.is_file() for path in mnist_files(root)):
+        raise missing_files_error("MNIST", [p for p in mnist_files(root) if not p.is_file()], how)
+    try:
+        mnist = datasets.MNIST(root, train=train, download=download)
+    except (RuntimeError, URLError, OSError) as error:
+        raise missing_files_error(
+            f"MNIST (download failed: {error})", [p for p in mnist_files(root) if not p.is_file()], how
+        ) from error
+    return mnist.data, mnist.targets
+
+
+def svhn_file(root: str | os.PathLike, train: bool) -> Path:
+    """Where SVHN's ``.mat`` file is expected: ``<root>/SVHN/{train,test}_32x32.mat``."""
+    return Path(root) / "SVHN" / ("train_32x32.mat" if train else "test_32x32.mat")
+
+
+def load_svhn(root: str | os.PathLike, train: bool, download: bool = False) -> tuple[Tensor, Tensor]:
+    """SVHN (cropped digits): images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64 in 0..9.
+
+    The ``.mat`` file is read exactly as ``torchvision.datasets.SVHN`` reads it (``X`` is
+    ``(32, 32, 3, N)``, label 10 means digit 0), but without its md5 check, so that any file in
+    that format loads; ``download=True`` fetches it with torchvision, which does check the md5.
+
+    :param root: folder holding ``SVHN/train_32x32.mat`` and ``SVHN/test_32x32.mat``.
+    :raises DatasetFilesNotFoundError: file missing and ``download`` off, or the download failed.
+    """
+    import scipy.io
+
+    path = svhn_file(root, train)
+    url, filename, md5 = datasets.SVHN.split_list["train" if train else "test"]
+    how = f"Put {filename} from {url} there, or pass download=True to fetch it online."
+    if download:
+        try:
+            datasets.utils.download_url(url, str(path.parent), filename, md5)
+        except (RuntimeError, URLError, OSError) as error:
+            raise missing_files_error(f"SVHN (download failed: {error})", [path], how) from error
+    if not path.is_file():
+        raise missing_files_error("SVHN", [path], how)
+    mat = scipy.io.loadmat(path)
+    images = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)))
+    labels = mat["y"].astype(np.int64).reshape(-1) % 10
+    return torch.from_numpy(images), torch.from_numpy(labels)
