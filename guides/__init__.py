@@ -1,5 +1,27 @@
-"""Pyro guides (amortised posteriors) of multimodal data: read them, copy them, edit them."""
+"""Pyro guides (amortised posteriors) of multimodal data: read them, copy them, edit them.
+
+Every guide has ``posterior(batch)``, the distribution of the shared ``z`` given whichever non-empty
+subset of the modalities ``batch`` holds (cross generation from missing modalities), and
+``num_draws``, the latent draws per example it makes when called as Pyro's ``guide``.
+"""
 
 from guides.mixture_of_experts import MixtureOfExpertsGuide
+from guides.mixture_of_products import MixtureOfProductsOfExpertsGuide
+from guides.private_latents import PrivateLatentGuide
+from guides.product_of_experts import ProductOfExpertsGuide, product_of_experts
 
-__all__ = ["MixtureOfExpertsGuide"]
+GUIDES = {
+    "moe": MixtureOfExpertsGuide,
+    "poe": ProductOfExpertsGuide,
+    "mopoe": MixtureOfProductsOfExpertsGuide,
+}
+"""Guides of the shared latent by name, each built as ``GUIDES[name](encoders, latent_dim)``."""
+
+__all__ = [
+    "GUIDES",
+    "MixtureOfExpertsGuide",
+    "MixtureOfProductsOfExpertsGuide",
+    "PrivateLatentGuide",
+    "ProductOfExpertsGuide",
+    "product_of_experts",
+]

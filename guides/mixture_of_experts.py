@@ -55,6 +55,11 @@ class MixtureOfExpertsGuide(nn.Module):
 
     def expert_params(self, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(loc, scale)`` of ``q_name(z | x)``, each ``(B, d)``."""
+        event_shape = getattr(self.encoders[name], "event_shape", None)
+        if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
+            raise ValueError(
+                f"modality {name!r} has item shape {tuple(x.shape[1:])}, but its encoder expects {tuple(event_shape)}"
+            )
         loc, scale = self.encoders[name](x)
         expected = (x.shape[0], self.latent_dim)
         if tuple(loc.shape) != expected or tuple(scale.shape) != expected:

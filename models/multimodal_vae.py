@@ -76,8 +76,14 @@ class MultimodalVAE(nn.Module):
         *,
         num_draws: int = 1,
         batch_size: Optional[int] = None,
+        partial: bool = False,
     ) -> Tensor:
         """Run the model on observed ``batch`` (all modalities), or generate ``batch_size`` examples.
+
+        With ``partial=True`` the batch may hold any non-empty subset of the modalities, and only
+        those enter the model (the others have no site at all, so they are neither observed nor
+        sampled): the joint ``p(X_S, z)`` that MVAE's sub-sampled objective scores
+        (:class:`pyro_mmebm.objectives.SubsampledELBO`).
 
         Returns ``z`` of shape ``(num_draws, batch, d)``.
         """
@@ -85,14 +91,16 @@ class MultimodalVAE(nn.Module):
             if batch_size is None:
                 raise ValueError("give either a batch to condition on or a batch_size to generate")
             data: Mapping[str, Tensor] = {}
+            names = self.modalities
         else:
-            batch_size = validate_batch(batch, self.modalities)
+            batch_size = validate_batch(batch, self.modalities, require_all=not partial)
             data = batch
+            names = [name for name in self.modalities if name in batch]
         with pyro.plate("draws", num_draws, dim=-2), pyro.plate("data", batch_size, dim=-1):
             with poutine.scale(scale=1.0 / num_draws):
                 z = pyro.sample("z", self.prior())
-                for name, decoder in self.decoders.items():
-                    params = decode_batched(decoder, z)
+                for name in names:
+                    params = decode_batched(self.decoders[name], z)
                     likelihood = self.likelihoods[name]
                     x = data.get(name)
                     if x is not None:

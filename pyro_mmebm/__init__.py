@@ -6,7 +6,7 @@ from pyro_mmebm.energy import EnergyMLP
 from pyro_mmebm.langevin import LangevinDivergenceError, PersistentChains, langevin_run, langevin_sample
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.monitoring import EBMDivergenceError, EnergyGapMonitor
-from pyro_mmebm.priors import PRIORS, EnergyBasedPrior, LaplacePrior, NormalPrior
+from pyro_mmebm.priors import PRIORS, EnergyBasedPrior, LaplacePrior, NormalPrior, SoftmaxScaleLaplacePrior
 from pyro_mmebm.training import TrainConfig, evaluate_loss, fit
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "NormalPrior",
     "PRIORS",
     "PersistentChains",
+    "SoftmaxScaleLaplacePrior",
     "StratifiedMixtureOfExperts",
     "TiltedLaplace",
     "TrainConfig",

@@ -31,7 +31,7 @@ class TrainConfig:
 
     :param epochs: passes over the training data.
     :param lr, betas: Adam for the encoders and decoders.
-    :param prior_lr, prior_betas: Adam for the prior's parameters (the energy network).
+    :param prior_lr, prior_betas: Adam for the EBM prior's energy network ``f_α``.
     :param grad_clip: clip the global gradient norm to this value (``None``: no clipping).
     :param max_energy_gap: stop with :class:`~pyro_mmebm.monitoring.EBMDivergenceError` when
         ``|E_q[f] − E_p[f]|`` exceeds it.
@@ -53,9 +53,12 @@ class TrainConfig:
 
 
 def make_optimizer(model: nn.Module, guide: nn.Module, config: TrainConfig) -> torch.optim.Adam:
-    """Adam with one parameter group for ``model.prior`` and one for everything else."""
-    prior = getattr(model, "prior", None)
-    prior_params = list(prior.parameters()) if isinstance(prior, nn.Module) else []
+    """Adam with one parameter group for the prior's energy network ``α`` and one for everything else.
+
+    Other learnable prior parameters (e.g. a Laplace prior's scale) train with the VAE, as in MMVAE.
+    """
+    energy = getattr(getattr(model, "prior", None), "energy", None)
+    prior_params = list(energy.parameters()) if isinstance(energy, nn.Module) else []
     prior_ids = {id(p) for p in prior_params}
     vae_params = [p for p in list(model.parameters()) + list(guide.parameters()) if id(p) not in prior_ids]
     groups = [{"params": vae_params, "lr": config.lr, "betas": config.betas, "name": "vae"}]

@@ -1,4 +1,4 @@
-"""Evaluation of multimodal generative models: per-modality classifiers for coherence."""
+"""Evaluation of multimodal generative models: per-modality classifiers, coherence, linear probes."""
 
 from pyro_mmebm.evaluation.classifiers import (
     CLASSIFIERS,
@@ -11,15 +11,49 @@ from pyro_mmebm.evaluation.classifiers import (
     test_accuracy,
     train_classifier,
 )
+from pyro_mmebm.evaluation.coherence import (
+    ALL_MODALITIES,
+    CrossCoherence,
+    cross_coherence,
+    fit_logistic_regression,
+    format_table,
+    generate_from,
+    generated_labels,
+    is_image,
+    joint_coherence,
+    linear_probe_accuracy,
+    posterior_mean,
+    sample_mixture,
+    save_cross_grid,
+    save_joint_grid,
+    save_results_json,
+    source_subsets,
+)
 
 __all__ = [
+    "ALL_MODALITIES",
+    "CrossCoherence",
     "CLASSIFIERS",
     "ImageClassifier",
     "LeNetClassifier",
     "MNISTClassifier",
     "PolyMNISTClassifier",
     "SVHNClassifier",
+    "cross_coherence",
+    "fit_logistic_regression",
+    "format_table",
+    "generate_from",
+    "generated_labels",
+    "is_image",
+    "joint_coherence",
+    "linear_probe_accuracy",
     "load_or_train_classifier",
+    "posterior_mean",
+    "sample_mixture",
+    "save_cross_grid",
+    "save_joint_grid",
+    "save_results_json",
+    "source_subsets",
     "test_accuracy",
     "train_classifier",
 ]

@@ -1,0 +1,153 @@
+"""The multimodal VAE with shared and modality-specific latents ("Ours+", after MMVAE+)."""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions import Laplace, TorchDistribution
+from torch import Tensor, nn
+
+from models.multimodal_vae import MultimodalVAE, decode_batched
+from pyro_mmebm.batch import validate_batch
+from pyro_mmebm.likelihoods import Likelihood
+from pyro_mmebm.priors import LaplacePrior
+
+
+class PrivateLatentVAE(MultimodalVAE):
+    r"""A shared latent ``z`` with the EBM (or any) prior, plus a private latent ``w_i`` per modality:
+
+    .. math::
+
+        p(X, z, W) = p_\alpha(z) \prod_{i=1}^m p_0(w_i) \, p_{\beta_i}(x_i \mid z, w_i),
+        \qquad p_0(w_i) = \mathrm{Laplace}(w_i; 0, I),
+
+    the model of MMVAE+ [1] with the EBM prior of [2] on ``z``. Decoder ``i`` maps the concatenation
+    ``[z, w_i]`` (dimension ``d + d_w``) to the likelihood's parameter. Sites are ``"z"``,
+    ``"w_<name>"`` and ``"x_<name>"``, all inside ``pyro.plate("draws")`` and ``pyro.plate("data")``
+    scaled by ``1/num_draws`` like :class:`~models.MultimodalVAE`; pair it with
+    :class:`~guides.private_latents.PrivateLatentGuide`.
+
+    Generating modality ``j`` across modalities needs a ``w_j`` that the inputs do not determine: it
+    is drawn from ``p0(w_j)``, or (``auxiliary_scale=s``) from a wider ``Laplace(0, s)``, MMVAE+'s
+    auxiliary prior ``r(w_j)`` (see :meth:`private_prior`). Note that this model's ELBO is the plain
+    one of the joint above; MMVAE+ instead draws the ``w_j`` of the non-encoded modalities from
+    ``r(w_j)`` inside its objective.
+
+    [1] Palumbo, Daunhawer, Vogt (2023) "MMVAE+: Enhancing the Generative Quality of Multimodal VAEs
+        without Compromises". [2] Yuan et al. (2024) "Learning Multimodal Latent Generative Models
+        with Energy-Based Prior".
+
+    :param decoders: ``{modality: decoder}``, each mapping ``(N, d + d_w)`` to the likelihood's parameter.
+    :param likelihoods: ``{modality: Likelihood}``.
+    :param prior: a module returning the prior of ``z`` with event shape ``(d,)``.
+    :param private_dim: ``d_w``.
+    :param likelihood_scales: optional ``{modality: scale}`` (default 1 for each).
+    """
+
+    def __init__(
+        self,
+        decoders: Mapping[str, nn.Module],
+        likelihoods: Mapping[str, Likelihood],
+        prior: nn.Module,
+        private_dim: int,
+        likelihood_scales: Optional[Mapping[str, float]] = None,
+    ) -> None:
+        super().__init__(decoders, likelihoods, prior, likelihood_scales)
+        self.private_dim = private_dim
+        self.private_base = LaplacePrior(private_dim)
+
+    def private_prior(self, auxiliary_scale: Optional[float] = None) -> TorchDistribution:
+        """``p0(w) = Laplace(0, I)``, or with ``auxiliary_scale = s`` the auxiliary ``Laplace(0, s I)``."""
+        base = self.private_base()
+        if auxiliary_scale is None:
+            return base
+        if auxiliary_scale <= 0:
+            raise ValueError(f"auxiliary_scale must be positive, got {auxiliary_scale}")
+        return Laplace(self.private_base.loc, torch.full_like(self.private_base.loc, auxiliary_scale)).to_event(1)
+
+    def forward(
+        self,
+        batch: Optional[Mapping[str, Tensor]] = None,
+        *,
+        num_draws: int = 1,
+        batch_size: Optional[int] = None,
+    ) -> Tensor:
+        """Run the model on observed ``batch`` (all modalities), or generate ``batch_size`` examples.
+
+        Returns ``z`` of shape ``(num_draws, batch, d)``.
+        """
+        if batch is None:
+            if batch_size is None:
+                raise ValueError("give either a batch to condition on or a batch_size to generate")
+            data: Mapping[str, Tensor] = {}
+        else:
+            batch_size = validate_batch(batch, self.modalities)
+            data = batch
+        with pyro.plate("draws", num_draws, dim=-2), pyro.plate("data", batch_size, dim=-1):
+            with poutine.scale(scale=1.0 / num_draws):
+                z = pyro.sample("z", self.prior())
+                for name, decoder in self.decoders.items():
+                    w = pyro.sample(f"w_{name}", self.private_prior())
+                    params = decode_batched(decoder, torch.cat([z, w], dim=-1))
+                    likelihood = self.likelihoods[name]
+                    x = data.get(name)
+                    if x is not None:
+                        self._check_data_shape(name, x, likelihood.data_shape(params, z.dim() - 1))
+                    with poutine.scale(scale=self.likelihood_scales[name]):
+                        pyro.sample(f"x_{name}", likelihood(params, z.dim() - 1), obs=x)
+        return z
+
+    @torch.no_grad()
+    def decode(
+        self,
+        z: Tensor,
+        private: Optional[Mapping[str, Tensor]] = None,
+        *,
+        auxiliary_scale: Optional[float] = None,
+    ) -> dict[str, Tensor]:
+        """The likelihood mean of every modality at shared latents ``z`` of shape ``(*batch, d)``.
+
+        :param private: known private latents ``{i: w_i}``, each ``(*batch, d_w)`` (e.g. drawn from
+            the guide's ``q(w_i | x_i)`` to reconstruct ``x_i``); every other modality's ``w_j`` is
+            drawn from :meth:`private_prior` with ``auxiliary_scale`` (cross generation).
+        """
+        private = dict(private or {})
+        unknown = set(private) - set(self.modalities)
+        if unknown:
+            raise ValueError(f"private latents given for unknown modalities {sorted(unknown)}")
+        means = {}
+        for name, decoder in self.decoders.items():
+            w = private.get(name)
+            if w is None:
+                w = self.private_prior(auxiliary_scale).sample(z.shape[:-1])
+            means[name] = self.likelihoods[name].mean(decode_batched(decoder, torch.cat([z, w], dim=-1)))
+        return means
+
+    @torch.no_grad()
+    def generate(
+        self, num_samples: int, *, auxiliary_scale: Optional[float] = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``num_samples`` shared latents from the prior (Langevin for the EBM) and every modality's
+        decoded mean, each with its own ``w_j`` from :meth:`private_prior`."""
+        z = self.prior().sample((num_samples,))
+        return z, self.decode(z, auxiliary_scale=auxiliary_scale)
+
+    @torch.no_grad()
+    def cross_generate(
+        self, guide: nn.Module, batch: Mapping[str, Tensor], *, auxiliary_scale: Optional[float] = None
+    ) -> dict[str, Tensor]:
+        """Every modality's mean given the modalities ``S`` present in ``batch`` (any non-empty subset).
+
+        ``z ~ q(z | X_S)`` from ``guide.posterior`` (for the mixture of experts: one draw per expert
+        in ``S``, the leading dimension), ``w_i ~ q(w_i | x_i)`` for ``i ∈ S`` (reconstruction) and
+        ``w_j`` from :meth:`private_prior` for ``j ∉ S`` (cross generation). Each value has shape
+        ``(|S|, B, *item)``.
+        """
+        shared, private = guide.posteriors(batch)
+        z = shared.sample()
+        return self.decode(
+            z, {name: q_w.sample(z.shape[:-2]) for name, q_w in private.items()}, auxiliary_scale=auxiliary_scale
+        )

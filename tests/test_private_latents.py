@@ -1,0 +1,133 @@
+"""The model with shared and modality-specific latents ("Ours+") and its guide."""
+
+import math
+
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+
+from guides import PrivateLatentGuide
+from models.private_latents import PrivateLatentVAE
+from pyro_mmebm import TrainConfig, fit
+from pyro_mmebm.likelihoods import Likelihood
+from pyro_mmebm.networks import MLPDecoder, MLPEncoder
+from pyro_mmebm.objectives import OBJECTIVES, IWAE
+from pyro_mmebm.priors import PRIORS
+
+LATENT_DIM = 3
+PRIVATE_DIM = 2
+SHAPES = {"a": (4,), "b": (2, 3)}
+BATCH_SIZE = 5
+
+
+def make_model_and_guide(prior_name: str = "ebm"):
+    torch.manual_seed(0)
+    options = {"hidden_dim": 8, "depth": 2, "num_steps": 2} if prior_name.startswith("ebm") else {}
+    model = PrivateLatentVAE(
+        {name: MLPDecoder(LATENT_DIM + PRIVATE_DIM, shape, hidden=(8,)) for name, shape in SHAPES.items()},
+        {name: Likelihood("bernoulli") for name in SHAPES},
+        PRIORS[prior_name](LATENT_DIM, **options),
+        PRIVATE_DIM,
+    )
+    encoders = {name: MLPEncoder(shape, LATENT_DIM + PRIVATE_DIM, hidden=(8,)) for name, shape in SHAPES.items()}
+    return model, PrivateLatentGuide(encoders, LATENT_DIM, PRIVATE_DIM)
+
+
+def make_batch(seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.rand(BATCH_SIZE, *shape, generator=generator).round() for name, shape in SHAPES.items()}
+
+
+def test_sites_and_shapes_of_model_and_guide():
+    model, guide = make_model_and_guide()
+    batch = make_batch()
+    guide_trace = poutine.trace(guide).get_trace(batch, num_draws=guide.num_draws)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch, num_draws=guide.num_draws)
+    draws = len(SHAPES)
+    assert guide_trace.nodes["z"]["value"].shape == (draws, BATCH_SIZE, LATENT_DIM)
+    for name in SHAPES:
+        w = guide_trace.nodes[f"w_{name}"]
+        assert w["value"].shape == (draws, BATCH_SIZE, PRIVATE_DIM)
+        assert model_trace.nodes[f"w_{name}"]["value"] is w["value"]
+        assert model_trace.nodes[f"x_{name}"]["is_observed"]
+    # The guide's w_i depends on x_i only: changing x_b leaves q(w_a | x_a) unchanged.
+    other = dict(batch, b=1 - batch["b"])
+    q_w_a = guide.private_posterior(batch)["a"].base_dist
+    assert torch.equal(q_w_a.loc, guide.private_posterior(other)["a"].base_dist.loc)
+    # Without a batch, the model generates every modality, each from its own prior w_i.
+    generated = poutine.trace(model).get_trace(batch_size=BATCH_SIZE)
+    assert {name for name in generated.nodes if name.startswith(("w_", "x_"))} == {"w_a", "w_b", "x_a", "x_b"}
+
+
+def test_one_sample_iwae_equals_the_elbo():
+    model, guide = make_model_and_guide("laplace")
+    batch = make_batch()
+    torch.manual_seed(1)
+    elbo = Trace_ELBO(max_plate_nesting=2)(model, guide)(batch, num_draws=guide.num_draws).item()
+    torch.manual_seed(1)
+    iwae = IWAE(1)(model, guide)(batch, num_draws=guide.num_draws).item()
+    assert iwae == pytest.approx(elbo, rel=1e-6)
+
+
+def test_decode_uses_given_private_latents_and_draws_the_others():
+    model, guide = make_model_and_guide()
+    z = torch.randn(7, LATENT_DIM)
+    w_a = torch.randn(7, PRIVATE_DIM)
+    first, second = model.decode(z, {"a": w_a}), model.decode(z, {"a": w_a})
+    assert torch.equal(first["a"], second["a"])  # w_a given: deterministic
+    assert not torch.equal(first["b"], second["b"])  # w_b drawn from its prior
+    assert {name: tuple(x.shape) for name, x in first.items()} == {"a": (7, 4), "b": (7, 2, 3)}
+    with pytest.raises(ValueError, match="unknown modalities"):
+        model.decode(z, {"c": w_a})
+
+
+def test_cross_generation_prior_is_explicit():
+    model, _ = make_model_and_guide()
+    assert torch.equal(model.private_prior().base_dist.scale, torch.ones(PRIVATE_DIM))
+    assert torch.equal(model.private_prior(auxiliary_scale=4.0).base_dist.scale, torch.full((PRIVATE_DIM,), 4.0))
+    with pytest.raises(ValueError, match="auxiliary_scale"):
+        model.private_prior(auxiliary_scale=0.0)
+    # The wider auxiliary prior spreads the cross-generated outputs further.
+    torch.manual_seed(0)
+    z = torch.zeros(2000, LATENT_DIM)
+    narrow = model.decode(z)["b"].std(0).mean()
+    wide = model.decode(z, auxiliary_scale=4.0)["b"].std(0).mean()
+    assert wide > 1.5 * narrow
+
+
+@pytest.mark.parametrize("present", [("a",), ("b",), ("a", "b")])
+def test_cross_generate_from_any_subset(present):
+    model, guide = make_model_and_guide()
+    full = make_batch()
+    batch = {name: full[name] for name in present}
+    generated = model.cross_generate(guide, batch, auxiliary_scale=2.0)
+    expected = {name: (len(present), BATCH_SIZE) + shape for name, shape in SHAPES.items()}
+    assert {name: tuple(x.shape) for name, x in generated.items()} == expected
+    assert set(guide.private_posterior(batch)) == set(present)
+    assert guide.posterior(batch).batch_shape == (len(present), BATCH_SIZE)
+    z, means = model.generate(3)
+    assert z.shape == (3, LATENT_DIM) and means["b"].shape == (3, 2, 3)
+
+
+def test_errors_name_the_problem():
+    model, guide = make_model_and_guide()
+    batch = make_batch()
+    with pytest.raises(ValueError, match="num_draws=1"):
+        guide(batch, num_draws=1)
+    with pytest.raises(ValueError, match="latent_dim \\+ private_dim"):
+        PrivateLatentGuide({"a": MLPEncoder((4,), LATENT_DIM)}, LATENT_DIM, PRIVATE_DIM).posterior({"a": batch["a"]})
+    with pytest.raises(ValueError, match="missing modality"):
+        model({"a": batch["a"]})
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+@pytest.mark.parametrize("prior_name", ["ebm", "laplace"])
+def test_trains_with_every_objective(prior_name, objective):
+    model, guide = make_model_and_guide(prior_name)
+    before = [p.detach().clone() for p in list(model.parameters()) + list(guide.parameters())]
+    batches = [make_batch(0), make_batch(1)]
+    history = fit(model, guide, batches, TrainConfig(epochs=1), elbo=OBJECTIVES[objective](2), progress=False)
+    assert math.isfinite(history[0]["loss"])
+    after = list(model.parameters()) + list(guide.parameters())
+    assert all(not torch.equal(old, new) for old, new in zip(before, after))

@@ -1,0 +1,128 @@
+"""Training: the EBM prior learns a multimodal latent; divergence is caught; checkpoints resume exactly."""
+
+import pytest
+import torch
+
+from guides import MixtureOfExpertsGuide
+from models import MultimodalVAE
+from pyro_mmebm import EBMDivergenceError, EnergyBasedPrior, LaplacePrior, Likelihood, TrainConfig, fit
+from pyro_mmebm.checkpoint import CheckpointError, load_checkpoint
+from pyro_mmebm.networks import MLPDecoder, MLPEncoder
+
+CENTRES = torch.tensor([[2.5, 2.5], [-2.5, 2.5], [-2.5, -2.5], [2.5, -2.5]])
+
+
+def clustered_pairs(n: int, seed: int):
+    """Two 8-d modalities, nonlinear views of a shared 2-d latent drawn from four separated clusters."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    u = CENTRES[labels] + 0.3 * torch.randn(n, 2, generator=g)
+    views = torch.Generator().manual_seed(123)
+    wa, wb = torch.randn(2, 8, generator=views), torch.randn(2, 8, generator=views)
+    a = torch.tanh(0.6 * u @ wa) + 0.05 * torch.randn(n, 8, generator=g)
+    b = torch.sin(0.4 * u @ wb) + 0.05 * torch.randn(n, 8, generator=g)
+    return {"a": a, "b": b}, labels
+
+
+def nearest_cluster_classifier(x, labels):
+    """Label by the nearest cluster mean, or -1 when farther than 99% of that cluster's training data."""
+    means = torch.stack([x[labels == c].mean(0) for c in range(4)])
+    radius = (x - means[labels]).norm(dim=-1).quantile(0.99)
+
+    def classify(y):
+        distance = torch.cdist(y, means)
+        return torch.where(distance.min(-1).values < radius, distance.argmin(-1), -1)
+
+    return classify
+
+
+def batches(data, labels, size=128):
+    n = labels.shape[0]
+    return [({k: v[i : i + size] for k, v in data.items()}, labels[i : i + size]) for i in range(0, n, size)]
+
+
+def build(prior, d=2):
+    decoders = {k: MLPDecoder(d, (8,), hidden=(64,), output="identity") for k in "ab"}
+    model = MultimodalVAE(decoders, {k: Likelihood("normal", 0.1) for k in "ab"}, prior)
+    guide = MixtureOfExpertsGuide({k: MLPEncoder((8,), d, hidden=(64,)) for k in "ab"}, d)
+    return model, guide
+
+
+def joint_coherence(model, classifiers, n=2000):
+    torch.manual_seed(1)
+    _, x = model.generate(n)
+    la, lb = classifiers["a"](x["a"]), classifiers["b"](x["b"])
+    return ((la == lb) & (la >= 0)).float().mean().item()
+
+
+def test_ebm_prior_generates_coherent_pairs_more_often_than_laplace_prior():
+    data, labels = clustered_pairs(4096, seed=0)
+    classifiers = {k: nearest_cluster_classifier(data[k], labels) for k in data}
+    loader = batches(data, labels)
+    config = TrainConfig(epochs=8, lr=2e-3, prior_lr=1e-3)
+    coherence, gaps = {}, []
+    for name in ("laplace", "ebm"):
+        torch.manual_seed(0)
+        prior = EnergyBasedPrior(2, 64, 3, num_steps=20) if name == "ebm" else LaplacePrior(2)
+        model, guide = build(prior)
+        history = fit(model, guide, loader, config, progress=False)
+        coherence[name] = joint_coherence(model, classifiers)
+        gaps = [record.get("energy_gap_last") for record in history]
+    # Measured over seeds: Laplace 0.09-0.14 (its mass between clusters decodes off the data), EBM ~0.6.
+    # With 2000 samples the binomial SE is ~0.011, so a 0.25 margin is far outside sampling noise.
+    assert coherence["ebm"] > coherence["laplace"] + 0.25, coherence
+    # The default recipe (regularised f, s = 0.3) keeps the energy gap bounded (measured ~1).
+    assert all(abs(gap) < 10 for gap in gaps), gaps
+
+
+def test_divergent_energy_gap_stops_training_with_clear_error():
+    data, labels = clustered_pairs(256, seed=0)
+    model, guide = build(EnergyBasedPrior(2, 16, 2, num_steps=2))
+    with pytest.raises(EBMDivergenceError, match="step 1.*step size 0.3"):
+        fit(model, guide, batches(data, labels), TrainConfig(epochs=1, max_energy_gap=1e-9), progress=False)
+
+
+def test_prior_gets_its_own_learning_rate_and_betas():
+    from pyro_mmebm.training import make_optimizer
+
+    model, guide = build(EnergyBasedPrior(2, 16, 2))
+    optimizer = make_optimizer(model, guide, TrainConfig(lr=1e-3, prior_lr=1e-5, prior_betas=(0.1, 0.9)))
+    vae, prior = optimizer.param_groups
+    assert prior["lr"] == 1e-5 and prior["betas"] == (0.1, 0.9) and vae["lr"] == 1e-3
+    assert {id(p) for p in prior["params"]} == {id(p) for p in model.prior.energy.parameters()}
+    n_all = len(list(model.parameters())) + len(list(guide.parameters()))
+    assert len(vae["params"]) + len(prior["params"]) == n_all
+
+
+def _train(tmp_path, epochs, resume):
+    data, labels = clustered_pairs(512, seed=0)
+    torch.manual_seed(0)
+    model, guide = build(EnergyBasedPrior(2, 16, 2, num_steps=3))
+    history = fit(
+        model, guide, batches(data, labels), TrainConfig(epochs=epochs, seed=5), out_dir=tmp_path,
+        resume=resume, progress=False,
+    )
+    return model, guide, history
+
+
+def test_interrupted_training_resumes_exactly(tmp_path):
+    straight_model, _, straight = _train(tmp_path / "straight", 2, resume=False)
+    _train(tmp_path / "interrupted", 1, resume=False)
+    resumed_model, _, resumed = _train(tmp_path / "interrupted", 2, resume=True)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+    for p, q in zip(straight_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(p, q)
+    assert (tmp_path / "interrupted" / "config.json").exists()
+    assert (tmp_path / "interrupted" / "metrics.json").exists()
+
+
+def test_wrong_or_corrupt_checkpoint_gives_clear_error(tmp_path):
+    _train(tmp_path, 1, resume=False)
+    other_model, other_guide = build(EnergyBasedPrior(2, 32, 2))  # different width
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        load_checkpoint(tmp_path, {"model": other_model, "guide": other_guide})
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt", {"model": other_model, "guide": other_guide})
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing", {"model": other_model})
