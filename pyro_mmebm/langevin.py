@@ -59,15 +59,17 @@ def _check_step_size(step_size: float) -> None:
         raise ValueError(f"Langevin step size must be a positive finite number, got {step_size!r}")
 
 
-def _value_and_grad(log_density: LogDensity, z: Tensor) -> tuple[Tensor, Tensor]:
-    z = z.detach().requires_grad_(True)
-    value = log_density(z)
-    if value.shape != z.shape[:-1]:
-        raise ValueError(
-            f"log density must return one value per state: expected shape {tuple(z.shape[:-1])}, "
-            f"got {tuple(value.shape)}"
-        )
-    (grad,) = torch.autograd.grad(value.sum(), z)
+def log_density_and_grad(log_density: LogDensity, z: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log_density(z), ∇_z log_density(z))``, both detached; works under ``torch.no_grad()``."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        value = log_density(z)
+        if value.shape != z.shape[:-1]:
+            raise ValueError(
+                f"log density must return one value per state: expected shape {tuple(z.shape[:-1])}, "
+                f"got {tuple(value.shape)}"
+            )
+        (grad,) = torch.autograd.grad(value.sum(), z)
     return value.detach(), grad
 
 
@@ -97,21 +99,20 @@ def langevin_run(
     z = init.detach()
     half_step_sq = 0.5 * step_size**2
     states, log_densities, grad_norms, finite = [], [], [], []
-    with torch.enable_grad():
-        for _ in range(num_steps):
-            value, grad = _value_and_grad(log_density, z)
-            if record:
-                states.append(z)
-                log_densities.append(value)
-                grad_norms.append(grad.norm(dim=-1))
-            noise = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
-            z = z + half_step_sq * grad + step_size * noise
-            finite.append(torch.isfinite(z).all())
+    for _ in range(num_steps):
+        value, grad = log_density_and_grad(log_density, z)
         if record:
-            value, grad = _value_and_grad(log_density, z)
             states.append(z)
             log_densities.append(value)
             grad_norms.append(grad.norm(dim=-1))
+        noise = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
+        z = z + half_step_sq * grad + step_size * noise
+        finite.append(torch.isfinite(z).all())
+    if record:
+        value, grad = log_density_and_grad(log_density, z)
+        states.append(z)
+        log_densities.append(value)
+        grad_norms.append(grad.norm(dim=-1))
     if finite:
         finite_steps = torch.stack(finite)
         if not bool(finite_steps.all()):

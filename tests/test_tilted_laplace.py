@@ -181,3 +181,21 @@ def test_usable_in_a_pyro_model_with_plates_and_predictive():
     assert trace.nodes["z"]["log_prob"].shape == (2, 5)
     samples = Predictive(model, num_samples=3)(5)
     assert samples["z"].shape == (3, 2, 5, 4) and samples["x"].shape == (3, 2, 5)
+
+
+def test_diverging_prior_chain_raises_langevin_error_with_validation_on():
+    from pyro_mmebm import LangevinDivergenceError
+
+    class Explosive(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Parameter(torch.tensor(3.0))
+
+        def forward(self, z):
+            return self.c * z.pow(2).sum(-1)  # f grows faster than log p0 falls: no normaliser
+
+    prior = TiltedLaplace(Explosive(), torch.zeros(2), torch.ones(2), num_steps=100, step_size=1.0, validate_args=True)
+    with pytest.raises(LangevinDivergenceError, match="step size 1.0"):
+        prior.sample((10,))
+    with pytest.raises(LangevinDivergenceError, match="step size 1.0"):
+        prior.log_prob(torch.zeros(10, 2))

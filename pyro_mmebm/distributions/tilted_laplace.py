@@ -116,8 +116,13 @@ class TiltedLaplace(TorchDistribution):
         return BASES[self.base](self.loc, self.scale).to_event(1)
 
     def unnormalized_log_prob(self, value: Tensor) -> Tensor:
-        """``f_α(z) + log p0(z)``, shape ``value.shape[:-1]``."""
-        return self.energy(value) + self.base_dist.log_prob(value)
+        """``f_α(z) + log p0(z)``, shape ``value.shape[:-1]``.
+
+        Unvalidated: inside a Langevin chain a diverging state must reach the sampler's own check,
+        which names the step size, rather than fail the base's support check.
+        """
+        base = BASES[self.base](self.loc, self.scale, validate_args=False).to_event(1)
+        return self.energy(value) + base.log_prob(value)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
         """Langevin samples, started from ``p0``, shape ``sample_shape + batch_shape + event_shape``."""
@@ -130,11 +135,11 @@ class TiltedLaplace(TorchDistribution):
         They target the prior of the first batch element: a prior's base is shared by the batch.
         """
         d = self.event_shape[0]
-        base = BASES[self.base](self.loc.reshape(-1, d)[0], self.scale.reshape(-1, d)[0]).to_event(1)
-        fresh = base.sample((num_samples,))
+        base = BASES[self.base](self.loc.reshape(-1, d)[0], self.scale.reshape(-1, d)[0], validate_args=False)
+        fresh = base.to_event(1).sample((num_samples,))
         init = fresh if self.persistent_chains is None else self.persistent_chains.initial_states(fresh)
         negatives = langevin_sample(
-            lambda z: self.energy(z) + base.log_prob(z), init, self.num_steps, self.step_size
+            lambda z: self.energy(z) + base.log_prob(z).sum(-1), init, self.num_steps, self.step_size
         )
         if self.persistent_chains is not None:
             self.persistent_chains.update(negatives)
