@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from pyro_mmebm.batch import validate_batch
 from pyro_mmebm.distributions import StratifiedMixtureOfExperts
+from pyro_mmebm.encoding import encode
 
 EXPERT_FAMILIES = {"laplace": Laplace, "normal": Normal}
 
@@ -55,19 +56,7 @@ class MixtureOfExpertsGuide(nn.Module):
 
     def expert_params(self, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(loc, scale)`` of ``q_name(z | x)``, each ``(B, d)``."""
-        event_shape = getattr(self.encoders[name], "event_shape", None)
-        if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
-            raise ValueError(
-                f"modality {name!r} has item shape {tuple(x.shape[1:])}, but its encoder expects {tuple(event_shape)}"
-            )
-        loc, scale = self.encoders[name](x)
-        expected = (x.shape[0], self.latent_dim)
-        if tuple(loc.shape) != expected or tuple(scale.shape) != expected:
-            raise ValueError(
-                f"encoder of modality {name!r} returned loc {tuple(loc.shape)} and scale "
-                f"{tuple(scale.shape)}; expected {expected} (batch, latent_dim={self.latent_dim})"
-            )
-        return loc, scale
+        return encode(self.encoders[name], name, x, self.latent_dim)
 
     def experts(self, batch: Mapping[str, Tensor]) -> TorchDistribution:
         """The experts of the modalities present in ``batch``, stacked: batch ``(m', B)``, event ``(d,)``."""

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from guides.mixture_of_experts import EXPERT_FAMILIES
 from pyro_mmebm.batch import validate_batch
 from pyro_mmebm.distributions import StratifiedMixtureOfExperts
+from pyro_mmebm.encoding import encode
 
 
 class PrivateLatentGuide(nn.Module):
@@ -66,14 +67,10 @@ class PrivateLatentGuide(nn.Module):
 
     def encoder_params(self, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(loc, scale)`` of modality ``name``'s encoder, each ``(B, latent_dim + private_dim)``."""
-        loc, scale = self.encoders[name](x)
-        expected = (x.shape[0], self.latent_dim + self.private_dim)
-        if tuple(loc.shape) != expected or tuple(scale.shape) != expected:
-            raise ValueError(
-                f"encoder of modality {name!r} returned loc {tuple(loc.shape)} and scale {tuple(scale.shape)}; "
-                f"expected {expected} (batch, latent_dim + private_dim = {self.latent_dim} + {self.private_dim})"
-            )
-        return loc, scale
+        return encode(
+            self.encoders[name], name, x, self.latent_dim + self.private_dim,
+            described_as=f"latent_dim + private_dim = {self.latent_dim} + {self.private_dim}",
+        )
 
     def posteriors(
         self, batch: Mapping[str, Tensor]

@@ -10,6 +10,7 @@ from pyro.distributions import Normal, TorchDistribution
 from torch import Tensor, nn
 
 from pyro_mmebm.batch import validate_batch
+from pyro_mmebm.encoding import encode
 
 
 def product_of_experts(
@@ -67,14 +68,7 @@ class GaussianExpertsGuide(nn.Module):
 
     def expert_params(self, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(loc, scale)`` of ``q_name(z | x)``, each ``(B, d)``."""
-        loc, scale = self.encoders[name](x)
-        expected = (x.shape[0], self.latent_dim)
-        if tuple(loc.shape) != expected or tuple(scale.shape) != expected:
-            raise ValueError(
-                f"encoder of modality {name!r} returned loc {tuple(loc.shape)} and scale "
-                f"{tuple(scale.shape)}; expected {expected} (batch, latent_dim={self.latent_dim})"
-            )
-        return loc, scale
+        return encode(self.encoders[name], name, x, self.latent_dim)
 
     def stacked_expert_params(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(locs, scales)`` of the modalities present in ``batch`` (model order), each ``(m', B, d)``."""

@@ -184,7 +184,7 @@ def test_guides_report_a_wrong_num_draws_or_encoder_output(name):
     with pytest.raises(ValueError, match="num_draws=2"):
         guide(batch, num_draws=2)
     wrong = GUIDES[name](make_encoders(LATENT_DIM + 1), LATENT_DIM)
-    with pytest.raises(ValueError, match="latent_dim=3"):
+    with pytest.raises(ValueError, match="latent_dim = 3"):
         wrong.posterior(batch)
 
 

@@ -135,7 +135,7 @@ def test_bad_input_raises_error_naming_the_problem(mutate, message):
 def test_wrong_latent_dimension_is_named():
     model, guide, batch = tiny_vae(d=2)
     guide.latent_dim = 3
-    with pytest.raises(ValueError, match="latent_dim=3"):
+    with pytest.raises(ValueError, match="latent_dim = 3"):
         guide(batch)
     model, guide, batch = tiny_vae(d=2, prior=LaplacePrior(3))
     with pytest.raises((ValueError, RuntimeError)):
