@@ -438,3 +438,48 @@ def test_cub_real_test_captions(tmp_path):
         assert torch.equal(item["image"][:, 0, 0] * 255, torch.tensor(colours[index // 10], dtype=torch.float32))
         words = [w if w in vocabulary.tokens else "<unk>" for w in tokenize(lines[index])[:31]]
         assert vocabulary.decode(item["caption"]) == " ".join(words)
+
+
+def test_polymnist_download_unpacks_the_official_release(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    from pyro_mmebm._torchvision import datasets
+    from pyro_mmebm.data import polymnist as polymnist_module
+
+    fetched = []
+
+    def fake_release(url, download_root, remove_finished):
+        # The release unpacks into PolyMNIST/{train,test}/m0..m4/<index>.<label>.png.
+        fetched.append(url)
+        for split, labels in (("train", [3, 1]), ("test", [7])):
+            write_png_layout(Path(download_root) / "PolyMNIST" / split, labels)
+
+    monkeypatch.setattr(datasets.utils, "download_and_extract_archive", fake_release)
+    data = PolyMNIST(tmp_path / "poly", train=False, download=True)
+    assert fetched == [polymnist_module.POLYMNIST_URL]
+    assert len(data) == 1 and data[0][1] == 7 and data[0][0]["m4"].shape == (3, 28, 28)
+    assert len(PolyMNIST(tmp_path / "poly", train=True)) == 2  # both splits were adopted
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(datasets.utils, "download_and_extract_archive", offline)
+    with pytest.raises(DatasetFilesNotFoundError, match="download of .*PolyMNIST.zip failed.*by hand"):
+        PolyMNIST(tmp_path / "elsewhere", download=True)
+
+
+def test_cub_download_fetches_mmvae_release(cub_root, tmp_path, monkeypatch):
+    from pyro_mmebm._torchvision import datasets
+    from pyro_mmebm.data import cub as cub_module
+
+    fetched = []
+
+    def fake_release(url, download_root, remove_finished):
+        fetched.append(url)
+        shutil.copytree(cub_root / "cub", Path(download_root) / "cub")
+
+    monkeypatch.setattr(datasets.utils, "download_and_extract_archive", fake_release)
+    with pytest.raises(DatasetFilesNotFoundError, match="download=True"):
+        CUBImageCaption(tmp_path / "fresh")
+    data = CUBImageCaption(tmp_path / "fresh", download=True)
+    assert fetched == [cub_module.CUB_URL] and len(data) == 60

@@ -49,6 +49,22 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(file, array)
 
 
+def download_and_extract(url: str, root: str | os.PathLike, what: str) -> None:
+    """Fetch the archive at ``url`` into ``root`` and unpack it there (torchvision's downloader).
+
+    :raises DatasetFilesNotFoundError: when the download fails (no network, moved file), saying
+        where to put the unpacked archive by hand.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        datasets.utils.download_and_extract_archive(url, download_root=str(root), remove_finished=True)
+    except (URLError, OSError, RuntimeError) as error:
+        raise DatasetFilesNotFoundError(
+            f"{what}: download of {url} failed ({error}). Download it by hand and unpack it into {root}."
+        ) from error
+
+
 def mnist_files(root: str | os.PathLike) -> list[Path]:
     """The four idx files ``torchvision.datasets.MNIST(root)`` reads (it needs all four for either split)."""
     raw = Path(root) / "MNIST" / "raw"

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pyro_mmebm._torchvision import datasets, transforms
-from pyro_mmebm.data._files import DatasetFilesNotFoundError, atomic_path
+from pyro_mmebm.data._files import DatasetFilesNotFoundError, atomic_path, download_and_extract
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, EOS, UNK)
@@ -96,6 +96,10 @@ class Vocabulary:
         return cls(tokens[len(SPECIAL_TOKENS) :])
 
 
+CUB_URL = "http://www.robots.ox.ac.uk/~yshi/mmdgm/datasets/cub.zip"
+"""MMVAE's CUB image-caption release (Shi et al. 2019): ``cub/{train,test}/<class>/*.jpg`` and captions."""
+
+
 def find_caption_file(root: str | os.PathLike, name: str) -> Path:
     """``<root>/<name>``, else ``<root>/cub/<name>``, else ``<root>/CUB/<name>``, whichever exists first."""
     candidates = [Path(root) / sub / name for sub in ("", "cub", "CUB")]
@@ -105,7 +109,8 @@ def find_caption_file(root: str | os.PathLike, name: str) -> Path:
     listing = "\n".join(f"  {c}" for c in candidates)
     raise DatasetFilesNotFoundError(
         f"CUB captions {name} not found; looked for\n{listing}\n"
-        "It comes with MMVAE's CUB release (cub.zip of github.com/iffsid/mmvae), one caption per line."
+        "It comes with MMVAE's CUB release (cub.zip of github.com/iffsid/mmvae), one caption per line; "
+        "download=True fetches it."
     )
 
 
@@ -131,6 +136,7 @@ class CUBImageCaption(Dataset):
     seen at least ``min_count`` times (so train captions are needed unless ``vocabulary`` is given).
 
     :param vocabulary: a :class:`Vocabulary` or the path of one saved as JSON.
+    :param download: fetch MMVAE's release (:data:`CUB_URL`) into ``root`` when the captions are missing.
     """
 
     modalities: tuple[str, ...] = ("image", "caption")
@@ -144,9 +150,16 @@ class CUBImageCaption(Dataset):
         min_count: int = 3,
         max_length: int = 32,
         image_size: int = 64,
+        download: bool = False,
     ) -> None:
         split = "train" if train else "test"
-        caption_file = find_caption_file(root, TRAIN_CAPTIONS if train else TEST_CAPTIONS)
+        try:
+            caption_file = find_caption_file(root, TRAIN_CAPTIONS if train else TEST_CAPTIONS)
+        except DatasetFilesNotFoundError:
+            if not download:
+                raise
+            download_and_extract(CUB_URL, root, "CUB")
+            caption_file = find_caption_file(root, TRAIN_CAPTIONS if train else TEST_CAPTIONS)
         image_dir = caption_file.parent / split if image_dir is None else Path(image_dir)
         if not image_dir.is_dir():
             raise DatasetFilesNotFoundError(

@@ -19,7 +19,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from pyro_mmebm.data._files import DatasetFilesNotFoundError, atomic_path, load_mnist, save_npy_atomic
+from pyro_mmebm.data._files import (
+    DatasetFilesNotFoundError,
+    atomic_path,
+    download_and_extract,
+    load_mnist,
+    save_npy_atomic,
+)
 
 MODALITIES: tuple[str, ...] = ("m0", "m1", "m2", "m3", "m4")
 IMAGE_SIZE = 28
@@ -172,6 +178,18 @@ def export_png_layout(images: np.ndarray, labels: np.ndarray, split_dir: Path, p
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+POLYMNIST_URL = "https://zenodo.org/record/4899160/files/PolyMNIST.zip"
+"""The official release of Sutter et al. (2021): ``PolyMNIST/{train,test}/m0..m4/<index>.<label>.png``."""
+
+
+def _adopt_nested_layout(root: Path) -> None:
+    """Move ``<root>/<folder>/{train,test}`` (as the release unpacks) up to ``<root>/{train,test}``."""
+    for folder in [path for path in root.iterdir() if (path / "train" / "m0").is_dir()]:
+        for split in ("train", "test"):
+            if (folder / split).is_dir() and not (root / split).exists():
+                (folder / split).rename(root / split)
+
+
 class PolyMNIST(Dataset):
     """PolyMNIST [1]: an item is ``({"m0": (3, 28, 28), ..., "m4": (3, 28, 28)}, label)``, float32 in [0, 1].
 
@@ -182,13 +200,16 @@ class PolyMNIST(Dataset):
     2. the official release layout ``<root>/<split>/m0..m4/<index>.<label>.png`` (checked on
        construction for folders, matching indices and labels; each image is checked for being
        readable and 28×28 when read);
-    3. otherwise, with ``generate_from=(mnist_root, backgrounds_dir)``, the split is generated into
+    3. otherwise, with ``download=True``, the official release (:data:`POLYMNIST_URL`) is fetched
+       and unpacked into ``root`` and read as in 2;
+    4. otherwise, with ``generate_from=(mnist_root, backgrounds_dir)``, the split is generated into
        ``root`` (seed 0; call :func:`generate_polymnist` for another seed) and read as in 1.
 
     Items are grouped by digit: shuffle when loading, and use :func:`strided_subset` for subsets.
 
     :param root: data folder (``<split>`` is ``train`` or ``test``).
     :param train: training split if true, else the test split.
+    :param download: fetch the official release when nothing is found in ``root``.
     :param generate_from: ``(mnist_root, backgrounds_dir)`` to generate from when nothing is found.
     """
 
@@ -199,17 +220,22 @@ class PolyMNIST(Dataset):
         root: str | os.PathLike,
         train: bool = True,
         generate_from: tuple[str | os.PathLike, str | os.PathLike] | None = None,
+        download: bool = False,
     ) -> None:
         root = Path(root)
         split = "train" if train else "test"
         images_path, labels_path = root / f"{split}_images.npy", root / f"{split}_labels.npy"
         arrays_found = images_path.is_file() and labels_path.is_file()
+        if download and not arrays_found and not (root / split).is_dir():
+            download_and_extract(POLYMNIST_URL, root, "PolyMNIST")
+            _adopt_nested_layout(root)
         if not arrays_found and not (root / split).is_dir():
             if generate_from is None:
                 raise DatasetFilesNotFoundError(
                     f"PolyMNIST {split} split not found in {root}: expected {images_path} and {labels_path} "
                     f"(from generate_polymnist) or the official PNG layout {root / split}/m0..m4/<index>.<label>.png; "
-                    "pass generate_from=(mnist_root, backgrounds_dir) to generate it"
+                    "pass download=True to fetch the official release, or generate_from=(mnist_root, "
+                    "backgrounds_dir) to generate it"
                 )
             generate_polymnist(*generate_from, root, splits=(split,))
             arrays_found = True
