@@ -123,3 +123,19 @@ def load_checkpoint(
     if restore_rng:
         _set_rng_state(payload["rng"])
     return {key: payload[key] for key in ("epoch", "history", "config")}
+
+
+def resume_state(
+    out_dir: Optional[Path],
+    modules: Mapping[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    *,
+    resume: bool,
+    map_location: Any = "cpu",
+) -> tuple[list[dict], int]:
+    """``(history, first epoch to run)``: restored from ``out_dir``'s checkpoint (weights, optimiser
+    and random state) when ``resume`` and one exists, else ``([], 0)``."""
+    if not (resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).exists()):
+        return [], 0
+    state = load_checkpoint(out_dir, modules, optimizer, restore_rng=True, map_location=map_location)
+    return state["history"], state["epoch"] + 1

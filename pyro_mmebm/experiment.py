@@ -43,7 +43,7 @@ from guides import GUIDES, PrivateLatentGuide
 from models import MultimodalVAE
 from models.private_latents import PrivateLatentVAE
 from pyro_mmebm.batch import split_batch
-from pyro_mmebm.checkpoint import CHECKPOINT_NAME, atomic_save_json, load_checkpoint, save_checkpoint
+from pyro_mmebm.checkpoint import atomic_save_json, load_checkpoint, resume_state, save_checkpoint
 from pyro_mmebm.data import MNISTSVHN, CUBImageCaption, PolyMNIST, strided_subset
 from pyro_mmebm.data.cub import TEST_CAPTIONS, TRAIN_CAPTIONS
 from pyro_mmebm.device import select_device
@@ -449,13 +449,9 @@ def fit_prior_to_posterior(
     pyro.set_rng_seed(config.seed)
     optimizer = torch.optim.Adam(model.prior.parameters(), lr=config.prior_lr, betas=config.prior_betas)
     out_dir = Path(out_dir) if out_dir is not None else None
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if resume and out_dir is not None and (out_dir / CHECKPOINT_NAME).exists():
-        state = load_checkpoint(
-            out_dir, {"model": model, "guide": guide}, optimizer, restore_rng=True, map_location=device
-        )
-        history, start_epoch = state["history"], state["epoch"] + 1
+    history, start_epoch = resume_state(
+        out_dir, {"model": model, "guide": guide}, optimizer, resume=resume, map_location=device
+    )
     monitor = getattr(model.prior, "monitor", None)
     step = sum(record.get("steps", 0) for record in history)
     for epoch in range(start_epoch, config.epochs):

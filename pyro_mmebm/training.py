@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyro_mmebm.batch import split_batch
-from pyro_mmebm.checkpoint import CHECKPOINT_NAME, atomic_save_json, load_checkpoint, save_checkpoint
+from pyro_mmebm.checkpoint import atomic_save_json, resume_state, save_checkpoint
 
 
 @dataclass
@@ -133,13 +133,9 @@ def fit(
     optimizer = make_optimizer(model, guide, config)
     loss_fn = (elbo or Trace_ELBO(max_plate_nesting=2))(model, guide)
     out_dir = Path(out_dir) if out_dir is not None else None
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if resume and out_dir is not None and (out_dir / CHECKPOINT_NAME).exists():
-        state = load_checkpoint(
-            out_dir, {"model": model, "guide": guide}, optimizer, restore_rng=True, map_location=device
-        )
-        history, start_epoch = state["history"], state["epoch"] + 1
+    history, start_epoch = resume_state(
+        out_dir, {"model": model, "guide": guide}, optimizer, resume=resume, map_location=device
+    )
     monitor = getattr(getattr(model, "prior", None), "monitor", None)
     step_size = getattr(getattr(model, "prior", None), "step_size", None)
     params = [p for group in optimizer.param_groups for p in group["params"]]
