@@ -35,14 +35,6 @@ from tests.test_diagnostics import (
 NUM_SE = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_sigmoid_schedule_increases_from_zero_to_one():
     t = sigmoid_schedule(50)
     assert t.shape == (51,) and t[0] == 0 and t[-1] == 1 and (t.diff() > 0).all()

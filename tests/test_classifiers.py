@@ -33,24 +33,6 @@ def pattern_digits(n: int, shape: tuple[int, int, int], seed: int, modality: str
     return [({modality: image, "other": torch.zeros(2)}, k) for image, k in zip(images, labels.tolist())]
 
 
-@contextlib.contextmanager
-def one_thread():
-    """These tiny networks train fastest on one thread, and far slower when threads compete for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def train_on_one_thread():
-    """Function-scoped, so that it runs after ``conftest.py``'s per-test thread setting."""
-    with one_thread():
-        yield
-
-
 def fail_if_called():
     raise AssertionError("the cached classifier should be reloaded without building a dataset")
 
@@ -78,6 +60,17 @@ def test_training_is_seeded_and_restores_rng_state():
         assert torch.equal(torch.get_rng_state(), rng_before)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Module-scoped fixtures are set up before ``conftest.py``'s per-test one-thread setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -123,15 +123,6 @@ def loader(shapes: dict[str, tuple[int, ...]], n: int, batch_size: int = 500, se
 CLASSIFIERS = {name: ReadDigit() for name in SHAPES}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: on a busy machine, intra-op threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def binomial_tolerance(p: float, n: int, sds: float = 5.0) -> float:
     """``sds`` standard deviations of a fraction of ``n`` Bernoulli(``p``) trials."""
     return sds * math.sqrt(p * (1 - p) / n)

@@ -33,15 +33,6 @@ from pyro_mmebm.networks import MLPDecoder
 LATENT_DIM = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: a second thread only adds synchronisation (slow on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def standard_normal(z):
     return -0.5 * z.pow(2).sum(-1)
 
