@@ -43,7 +43,7 @@ from guides import GUIDES, PrivateLatentGuide
 from models import MultimodalVAE
 from models.private_latents import PrivateLatentVAE
 from pyro_mmebm.batch import split_batch
-from pyro_mmebm.checkpoint import atomic_save_json, load_checkpoint, resume_state, save_checkpoint
+from pyro_mmebm.checkpoint import atomic_save_json, load_checkpoint, resume_state
 from pyro_mmebm.data import MNISTSVHN, CUBImageCaption, PolyMNIST, strided_subset
 from pyro_mmebm.data.cub import TEST_CAPTIONS, TRAIN_CAPTIONS
 from pyro_mmebm.device import select_device
@@ -61,7 +61,7 @@ from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.networks import ARCHITECTURES, CAPTION_LENGTH
 from pyro_mmebm.objectives import OBJECTIVES, SubsampledELBO
 from pyro_mmebm.priors import PRIORS
-from pyro_mmebm.training import TrainConfig, evaluate_loss, fit
+from pyro_mmebm.training import TrainConfig, end_epoch, evaluate_loss, fit
 
 EXPERIMENT_CONFIG_NAME = "experiment.json"
 RESULTS_NAME = "results.json"
@@ -481,15 +481,10 @@ def fit_prior_to_posterior(
         if gaps:
             record["energy_gap"] = sum(gaps) / len(gaps)
             record["energy_gap_last"] = gaps[-1]
-        history.append(record)
-        if progress:
-            tqdm.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if out_dir is not None:
-            save_checkpoint(
-                out_dir, {"model": model, "guide": guide}, optimizer, epoch=epoch, history=history,
-                config=config.to_dict(),
-            )
-            atomic_save_json(history, out_dir / TWO_STAGE_HISTORY_NAME)
+        end_epoch(
+            record, history, {"model": model, "guide": guide}, optimizer, config.to_dict(),
+            out_dir=out_dir, metrics_name=TWO_STAGE_HISTORY_NAME, progress=progress,
+        )
     return history
 
 

@@ -105,6 +105,27 @@ def evaluate_loss(
     return total / max(count, 1)
 
 
+def end_epoch(
+    record: dict[str, Any],
+    history: list[dict[str, Any]],
+    modules: Mapping[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    config: Mapping[str, Any],
+    *,
+    out_dir: Optional[Path],
+    metrics_name: str,
+    progress: bool,
+) -> None:
+    """Append ``record`` to ``history``, print it, and with ``out_dir`` write an atomic checkpoint
+    and ``history`` as ``out_dir/metrics_name``."""
+    history.append(record)
+    if progress:
+        tqdm.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    if out_dir is not None:
+        save_checkpoint(out_dir, modules, optimizer, epoch=record["epoch"], history=history, config=config)
+        atomic_save_json(history, out_dir / metrics_name)
+
+
 def fit(
     model: nn.Module,
     guide: nn.Module,
@@ -178,13 +199,8 @@ def fit(
             model.eval()
             guide.eval()
             record["val_loss"] = evaluate_loss(model, guide, val_loader, elbo=elbo, device=device)
-        history.append(record)
-        if progress:
-            tqdm.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if out_dir is not None:
-            save_checkpoint(
-                out_dir, {"model": model, "guide": guide}, optimizer, epoch=epoch, history=history,
-                config=config.to_dict(),
-            )
-            atomic_save_json(history, out_dir / "metrics.json")
+        end_epoch(
+            record, history, {"model": model, "guide": guide}, optimizer, config.to_dict(),
+            out_dir=out_dir, metrics_name="metrics.json", progress=progress,
+        )
     return history
