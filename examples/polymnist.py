@@ -12,6 +12,7 @@ The data set is generated from MNIST and the five backgrounds (``--source-root``
 import argparse
 
 from pyro_mmebm.experiment import add_arguments, config_from_args, run
+from pyro_mmebm.run_folder import exit_cleanly_on_interrupt
 
 DEFAULTS = {
     "data_root": "./data/PolyMNIST",
@@ -30,4 +31,6 @@ def main(args: argparse.Namespace) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, dataset_defaults=DEFAULTS)
-    main(parser.parse_args())
+    args = parser.parse_args()
+    with exit_cleanly_on_interrupt(args.out):  # Ctrl-C: one line on what is saved, no traceback
+        main(args)

@@ -25,6 +25,38 @@ def split_batch(item: Any) -> tuple[dict[str, Tensor], Optional[Tensor]]:
     )
 
 
+def prepare_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Tensor]:
+    """A data loader's batch moved to ``device``, checked once where it enters training or evaluation.
+
+    Floating-point tensors are converted to torch's default dtype (float32 unless changed), so that
+    float64 data works as it is; other dtypes (token ids, ``uint8``) are kept.
+
+    :raises TypeError: naming the modality, for a value that is not a tensor (a list, a numpy array:
+        convert it with ``torch.as_tensor``).
+    :raises ValueError: for float images (items of three or more dimensions) that are non-negative
+        with values above 1, i.e. pixel values in 0..255: the networks expect images in [0, 1].
+    """
+    moved = {}
+    for name, x in batch.items():
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"modality {name!r} is a {type(x).__name__}, not a tensor: batches hold tensors "
+                "(convert with torch.as_tensor)"
+            )
+        dtype = torch.get_default_dtype() if x.is_floating_point() else None
+        moved[name] = x.to(device, dtype=dtype, non_blocking=True)
+    images = [name for name, x in moved.items() if x.is_floating_point() and x.dim() >= 4 and x.numel()]
+    if images:
+        ranges = torch.stack([torch.stack(torch.aminmax(moved[name])) for name in images]).tolist()
+        for name, (low, high) in zip(images, ranges):
+            if low >= 0 and high > 1:
+                raise ValueError(
+                    f"modality {name!r} holds images with values up to {high:g}, pixel values in 0..255? "
+                    "Images must be floats in [0, 1]: divide them by 255."
+                )
+    return moved
+
+
 def validate_batch(
     batch: Mapping[str, Tensor],
     modalities: Iterable[str],

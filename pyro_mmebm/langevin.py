@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 LogDensity = Callable[[Tensor], Tensor]
 
@@ -145,21 +145,27 @@ def langevin_sample(
     return langevin_run(log_density, init, num_steps, step_size, generator=generator).samples
 
 
-class PersistentChains:
+class PersistentChains(nn.Module):
     """A buffer of Langevin chain states, for persistent contrastive divergence.
 
     Each call to :meth:`initial_states` returns the states the previous chains ended in, except that
     each chain restarts from the base distribution with probability ``reinit_prob`` (and all of them
     when the number of chains changes), which keeps the chains from collapsing onto a few modes [3].
 
+    The states are a buffer (``states``, ``None`` before the first update), so they are part of the
+    owning prior's ``state_dict``: a checkpoint saves them, and a resumed run continues the same chains.
+
     [3] Du, Mordatch (2019) "Implicit Generation and Modeling with Energy-Based Models".
     """
 
+    states: Optional[Tensor]
+
     def __init__(self, reinit_prob: float = 0.05) -> None:
+        super().__init__()
         if not 0.0 <= reinit_prob <= 1.0:
             raise ValueError(f"reinit_prob must lie in [0, 1], got {reinit_prob}")
         self.reinit_prob = reinit_prob
-        self.states: Optional[Tensor] = None
+        self.register_buffer("states", None)
 
     def initial_states(self, fresh: Tensor) -> Tensor:
         """Chain starts of the shape of ``fresh`` (draws from the base), reusing stored states."""
@@ -173,3 +179,11 @@ class PersistentChains:
 
     def reset(self) -> None:
         self.states = None
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        # The number of chains, hence the buffer's shape, is known only once chains have run: a loaded
+        # state replaces the buffer whatever its shape, and a state saved before any chain ran clears it.
+        key = prefix + "states"
+        self.states = state_dict[key].detach().clone() if key in state_dict else None

@@ -1,11 +1,8 @@
-"""Source files shared by the data sets: MNIST and SVHN readers with clear errors, atomic writes."""
+"""Source files shared by the data sets: MNIST, SVHN and ``.npy`` readers with clear errors, atomic writes."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.error import URLError
 
@@ -14,6 +11,7 @@ import torch
 from torch import Tensor
 
 from pyro_mmebm._torchvision import datasets
+from pyro_mmebm.atomic import atomic_path
 
 
 class DatasetFilesNotFoundError(FileNotFoundError):
@@ -26,27 +24,32 @@ def missing_files_error(what: str, missing: list[Path], how_to_get: str) -> Data
     return DatasetFilesNotFoundError(f"{what}: missing file(s)\n{listing}\n{how_to_get}")
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
-
-    Readers never see a half-written file, and concurrent writers of the same file do not collide.
-    On error the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """``np.save(path, array)``, written atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as file:
         np.save(file, array)
+
+
+def load_npy(path: str | os.PathLike, *, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load(path)`` of a plain array (no pickles), with an error naming the file when it is
+    truncated or not a ``.npy`` array (numpy's own message does not say which file)."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        raise ValueError(
+            f"{path} is truncated or not a .npy array ({error}); delete it and generate or fetch it again"
+        ) from error
+
+
+def check_labels(labels: Tensor | np.ndarray, classes: range, source: str | os.PathLike) -> None:
+    """Raise ``ValueError`` naming ``source`` when a label lies outside ``classes``."""
+    labels = torch.as_tensor(labels)
+    outside = (labels < classes.start) | (labels >= classes.stop)
+    if bool(outside.any()):
+        raise ValueError(
+            f"{source} holds labels outside {classes.start}..{classes.stop - 1} ({int(outside.sum())} of "
+            f"them, e.g. {int(labels[outside][0])}): a corrupt or foreign file"
+        )
 
 
 def download_and_extract(url: str, root: str | os.PathLike, what: str) -> None:
@@ -87,9 +90,15 @@ def load_mnist(root: str | os.PathLike, train: bool, download: bool = False) -> 
     try:
         mnist = datasets.MNIST(root, train=train, download=download)
     except (RuntimeError, URLError, OSError) as error:
-        raise missing_files_error(
-            f"MNIST (download failed: {error})", [p for p in mnist_files(root) if not p.is_file()], how
+        missing = [p for p in mnist_files(root) if not p.is_file()]
+        if missing:
+            raise missing_files_error(f"MNIST (download failed: {error})", missing, how) from error
+        raise ValueError(
+            f"MNIST files in {Path(root) / 'MNIST' / 'raw'} could not be read ({error}): truncated or "
+            "corrupt? Delete them and put complete copies there (or fetch them with download=True)."
         ) from error
+    labels_file = mnist_files(root)[1 if train else 3]
+    check_labels(mnist.targets, range(10), labels_file)
     return mnist.data, mnist.targets
 
 
@@ -122,5 +131,7 @@ def load_svhn(root: str | os.PathLike, train: bool, download: bool = False) -> t
         raise missing_files_error("SVHN", [path], how)
     mat = scipy.io.loadmat(path)
     images = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)))
-    labels = mat["y"].astype(np.int64).reshape(-1) % 10
+    labels = mat["y"].astype(np.int64).reshape(-1)
+    check_labels(labels, range(1, 11), path)  # 10 stands for the digit 0
+    labels = labels % 10
     return torch.from_numpy(images), torch.from_numpy(labels)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pyro_mmebm.data._files import load_mnist, load_svhn, save_npy_atomic
+from pyro_mmebm.data._files import load_mnist, load_npy, load_svhn, save_npy_atomic
 
 
 def match_by_label(
@@ -80,7 +80,7 @@ class MNISTSVHN(Dataset):
         cache = Path(root if cache_dir is None else cache_dir) / (
             f"mnist_svhn_{split}_max{max_per_class}_dm{pairs_per_example}_seed{seed}.npy"
         )
-        pairs = np.load(cache) if cache.is_file() else None
+        pairs = load_npy(cache) if cache.is_file() else None
         if pairs is None or not _pairs_match(pairs, mnist_labels.numpy(), svhn_labels.numpy()):
             rng = np.random.default_rng([seed, int(train)])
             pairs = match_by_label(mnist_labels.numpy(), svhn_labels.numpy(), max_per_class, pairs_per_example, rng)
