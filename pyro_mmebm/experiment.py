@@ -23,6 +23,7 @@ layout of each data set (:func:`write_fake_dataset`) and every size by a tiny on
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -42,25 +43,30 @@ from tqdm.auto import tqdm
 from guides import GUIDES, PrivateLatentGuide
 from models import MultimodalVAE
 from models.private_latents import PrivateLatentVAE
-from pyro_mmebm.batch import split_batch
-from pyro_mmebm.checkpoint import atomic_save_json, load_checkpoint, resume_state
-from pyro_mmebm.data import MNISTSVHN, CUBImageCaption, PolyMNIST, strided_subset
+from pyro_mmebm.batch import prepare_batch, split_batch
+from pyro_mmebm.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, resume_state
+from pyro_mmebm.data import MNISTSVHN, CUBImageCaption, InMemoryBatches, PolyMNIST, strided_subset
 from pyro_mmebm.data.cub import TEST_CAPTIONS, TRAIN_CAPTIONS
 from pyro_mmebm.device import select_device
 from pyro_mmebm.evaluation import load_or_train_classifier
+from pyro_mmebm.diagnostics.figures import plot_energy_histograms
 from pyro_mmebm.evaluation.coherence import (
+    aggregate_posterior_coherence,
     cross_coherence,
     format_table,
     joint_coherence,
     linear_probe_accuracy,
     save_cross_grid,
     save_joint_grid,
+    sample_mixture,
     save_results_json,
 )
+from pyro_mmebm.langevin import langevin_sample
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.networks import ARCHITECTURES, CAPTION_LENGTH
 from pyro_mmebm.objectives import OBJECTIVES, SubsampledELBO
-from pyro_mmebm.priors import PRIORS
+from pyro_mmebm.priors import PRIORS, EnergyBasedPrior
+from pyro_mmebm.run_folder import RESUMES_KEY, claim_run_folder
 from pyro_mmebm.training import TrainConfig, end_epoch, evaluate_loss, fit
 
 EXPERIMENT_CONFIG_NAME = "experiment.json"
@@ -69,6 +75,35 @@ TWO_STAGE_HISTORY_NAME = "two_stage_metrics.json"
 
 
 # --- the configuration ---------------------------------------------------------------------------
+
+
+_AT_LEAST = {
+    "latent_dim": 1, "private_latent_dim": 0, "ebm_hidden": 1, "ebm_depth": 1, "langevin_steps": 0,
+    "ebm_generation_steps": 0, "ebm_warmup_epochs": 0, "num_samples": 1, "epochs": 1, "batch_size": 1,
+    "epoch_size": 1, "eval_size": 1, "eval_batch_size": 1, "joint_samples": 1, "probe_train_size": 1,
+    "max_source_size": 1, "classifier_epochs": 1, "two_stage_epochs": 1,
+}
+"""The smallest value of each whole-number setting (``None``, where allowed, means the default)."""
+_POSITIVE = ("langevin_step_size", "lr", "prior_lr", "grad_clip", "max_energy_gap")
+_NON_NEGATIVE = ("ebm_regularisation",)
+
+
+def _setting_problem(name: str, value: Any) -> Optional[str]:
+    """What makes ``value`` impossible for the setting ``name``, or ``None`` when it is possible."""
+    if value is None:
+        return None
+    if name in _AT_LEAST and value < _AT_LEAST[name]:
+        return f"must be at least {_AT_LEAST[name]}, got {value}"
+    if name in _POSITIVE and not (value > 0 and (math.isfinite(value) or name == "max_energy_gap")):
+        return f"must be a positive number, got {value}"
+    if name in _NON_NEGATIVE and not (value >= 0 and math.isfinite(value)):
+        return f"must be a non-negative number, got {value}"
+    return None
+
+
+def _flag(name: str) -> str:
+    """The command-line option of the setting ``name``."""
+    return "-K" if name == "num_samples" else "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -92,6 +127,12 @@ class ExperimentConfig:
 
     Two-stage: ``two_stage_from`` (a run directory) and ``two_stage_epochs``. ``extra``: free-form
     notes kept with the run.
+
+    The run's folder: ``resume`` continues the run in ``out``; ``overwrite`` deletes the run there
+    first; without either, a folder holding a run is refused. ``resumes`` is the run's history of
+    resumes that changed a setting (see :data:`RESUMABLE_FIELDS`), written by :func:`run`.
+
+    Impossible settings (``epochs=0``, a negative step size, ...) raise ``ValueError`` on construction.
     """
 
     dataset: str
@@ -110,6 +151,8 @@ class ExperimentConfig:
     ebm_persistent: bool = False
     langevin_steps: int = 50
     langevin_step_size: float = 0.3
+    ebm_generation_steps: Optional[int] = None
+    ebm_warmup_epochs: int = 0
     guide: str = "moe"
     objective: str = "elbo"
     num_samples: int = 1
@@ -127,12 +170,20 @@ class ExperimentConfig:
     joint_samples: int = 1000
     probe_train_size: int = 2000
     max_source_size: Optional[int] = None
-    classifier_epochs: int = 3
+    classifier_epochs: int = 4
     two_stage_from: Optional[str] = None
     two_stage_epochs: int = 5
     smoke: bool = False
     resume: bool = False
+    overwrite: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in (*_AT_LEAST, *_POSITIVE, *_NON_NEGATIVE):
+            problem = _setting_problem(name, getattr(self, name))
+            if problem is not None:
+                raise ValueError(f"{name} ({_flag(name)}) {problem}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,12 +191,42 @@ class ExperimentConfig:
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             epochs=self.epochs, lr=self.lr, prior_lr=self.prior_lr, grad_clip=self.grad_clip,
-            max_energy_gap=self.max_energy_gap, seed=self.seed,
+            max_energy_gap=self.max_energy_gap, seed=self.seed, prior_warmup_epochs=self.ebm_warmup_epochs,
         )
 
 
 ARCHITECTURE_FIELDS = ("dataset", "latent_dim", "private_latent_dim", "guide")
 """Settings a two-stage run takes from the run it starts from (they fix the trained networks)."""
+
+RUN_FILE_PATTERNS = (
+    EXPERIMENT_CONFIG_NAME, CHECKPOINT_NAME, CONFIG_NAME, "metrics.json", TWO_STAGE_HISTORY_NAME, RESULTS_NAME,
+    "*.png", ".*.tmp",
+)
+"""The files :func:`run` writes into ``config.out``: a folder holding any of them holds a run."""
+
+RESUMABLE_FIELDS = (
+    "epochs", "two_stage_epochs", "max_energy_gap", "ebm_generation_steps", "device", "data_root",
+    "source_root", "download", "cache_dir", "eval_size", "eval_batch_size", "joint_samples",
+    "probe_train_size", "max_source_size", "classifier_epochs", "extra",
+)
+"""Settings a resume may change (they do not change what the finished epochs trained); each change is
+recorded in ``resumes``. A resume that changes any other setting is refused."""
+
+
+def claim_out_folder(config: ExperimentConfig) -> ExperimentConfig:
+    """Make ``config.out`` this run's folder and write ``experiment.json`` there; return ``config``
+    with the run's history of resumes.
+
+    See :func:`~pyro_mmebm.run_folder.claim_run_folder`: a folder holding another run is refused
+    unless ``config.overwrite``; a resume is checked against the saved run before anything is written.
+    """
+    written = claim_run_folder(
+        config.out, config.to_dict(), config_name=EXPERIMENT_CONFIG_NAME, patterns=RUN_FILE_PATTERNS,
+        resume=config.resume, overwrite=config.overwrite, may_change=RESUMABLE_FIELDS,
+        ignore=("out", "resume", "overwrite"),
+        defaults=ExperimentConfig(dataset=config.dataset, out=config.out, data_root=config.data_root).to_dict(),
+    )
+    return dataclasses.replace(config, resumes=written[RESUMES_KEY])
 
 
 def load_experiment_config(directory: str | Path) -> ExperimentConfig:
@@ -337,7 +418,12 @@ def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
     spec = DATASETS[config.dataset]
     if config.smoke and not Path(config.data_root).exists():
         write_fake_dataset(config.dataset, config.data_root, config.seed)
-    return spec.load(config, True), spec.load(config, False)
+    train_set, test_set = spec.load(config, True), spec.load(config, False)
+    if config.eval_size > len(test_set):
+        raise ValueError(
+            f"--eval-size {config.eval_size} exceeds the {len(test_set)} examples of the {config.dataset} test set"
+        )
+    return train_set, test_set
 
 
 # --- model, guide and objective ------------------------------------------------------------------
@@ -357,6 +443,7 @@ def build_prior(config: ExperimentConfig) -> nn.Module:
             "hidden_dim": config.ebm_hidden, "depth": config.ebm_depth, "num_steps": config.langevin_steps,
             "step_size": config.langevin_step_size, "regularisation": config.ebm_regularisation,
             "persistent": config.ebm_persistent, "spectral_norm": config.ebm_spectral_norm,
+            "generation_steps": config.ebm_generation_steps,
         }
     return PRIORS[config.prior](config.latent_dim, **options)
 
@@ -402,11 +489,18 @@ def build_objective(config: ExperimentConfig):
     return SubsampledELBO(objective) if config.guide == "poe" else objective
 
 
-def train_loader(config: ExperimentConfig, train_set: Dataset) -> DataLoader:
-    """Shuffled batches; ``epoch_size`` examples per epoch, a fresh random draw each epoch."""
-    sampler = None
-    if config.epoch_size is not None and config.epoch_size < len(train_set):
-        sampler = RandomSampler(train_set, num_samples=config.epoch_size)
+def train_loader(config: ExperimentConfig, train_set: Dataset) -> Iterable:
+    """Shuffled batches; ``epoch_size`` examples per epoch, a fresh random draw each epoch.
+
+    A data set that can hand over all its tensors (``train_set.tensors()``, e.g. PolyMNIST) is
+    batched by slicing them (:class:`~pyro_mmebm.data.InMemoryBatches`); any other through a
+    ``DataLoader``.
+    """
+    epoch_size = config.epoch_size if config.epoch_size is not None and config.epoch_size < len(train_set) else None
+    if hasattr(train_set, "tensors"):
+        modalities, labels = train_set.tensors()
+        return InMemoryBatches(modalities, labels, config.batch_size, epoch_size=epoch_size)
+    sampler = None if epoch_size is None else RandomSampler(train_set, num_samples=epoch_size)
     return DataLoader(train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler)
 
 
@@ -461,7 +555,7 @@ def fit_prior_to_posterior(
         for item in bar:
             batch, _ = split_batch(item)
             with torch.no_grad():
-                z = guide.posterior({name: x.to(device) for name, x in batch.items()}).sample()
+                z = guide.posterior(prepare_batch(batch, device)).sample()
             optimizer.zero_grad(set_to_none=True)
             loss = -model.prior().log_prob(z).mean()
             loss.backward()
@@ -566,6 +660,11 @@ def evaluate(
         results["joint_coherence"] = joint_coherence(
             model, classifiers, config.joint_samples, batch_size=config.eval_batch_size, device=device
         )
+        results["aggregate_posterior_coherence"] = aggregate_posterior_coherence(
+            model, guide, classifiers, test_loader, device=device
+        )
+    if isinstance(model.prior, EnergyBasedPrior):
+        results["energy_overlap"] = energy_overlap(model, guide, test_loader, out / "energy_histograms.png")
     if classifiers:
         results["cross_coherence"] = cross_coherence(
             model, guide, classifiers, test_loader, device=device, max_source_size=config.max_source_size
@@ -584,11 +683,38 @@ def evaluate(
     return results
 
 
+@torch.no_grad()
+def energy_overlap(model: nn.Module, guide: nn.Module, loader: Iterable, figure_path: Path) -> dict[str, Any]:
+    """``f_α`` on posterior draws of ``loader``'s tuples against ``f_α`` on the prior samples that
+    generation uses (and on training-length chains, when generation runs longer ones), with the
+    histograms saved at ``figure_path``: a prior that generation samples correctly gives overlapping
+    histograms, ``E_q[f] − E_{p_α}[f] ≈ 0``."""
+    prior = model.prior
+    device = prior.loc.device
+    posterior = torch.cat([
+        sample_mixture(guide.posterior({name: x.to(device) for name, x in batch.items()})) for batch, _ in loader
+    ])
+    samples = {"posterior q(z|X)": posterior}
+    generation = prior()
+    samples[f"prior, Langevin K={generation.sample_steps}"] = generation.sample((len(posterior),))
+    if generation.sample_steps != generation.num_steps:
+        samples[f"prior, Langevin K={generation.num_steps}"] = langevin_sample(
+            generation.unnormalized_log_prob, generation.base_dist.sample((len(posterior),)),
+            generation.num_steps, generation.step_size,
+        )
+    plot_energy_histograms(prior.energy, samples, path=figure_path)
+    means = {label: float(prior.energy(z).mean()) for label, z in samples.items()}
+    generated = means[f"prior, Langevin K={generation.sample_steps}"]
+    return {"f_mean": means, "gap": means["posterior q(z|X)"] - generated}
+
+
 def summary_row(name: str, results: Mapping[str, Any]) -> dict[str, Any]:
     """One table row: the headline numbers of a run's results."""
     row: dict[str, Any] = {"run": name, "test_loss": results.get("test_loss")}
     if "joint_coherence" in results:
         row["joint"] = results["joint_coherence"]
+    if "aggregate_posterior_coherence" in results:
+        row["ceiling"] = results["aggregate_posterior_coherence"]
     cross = results.get("cross_coherence")
     if cross is not None:
         cross = cross if isinstance(cross, Mapping) else cross.to_dict()
@@ -607,7 +733,8 @@ def run(config: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train (or, with ``two_stage_from``, fit the EBM prior of a trained run) and evaluate.
 
     Writes ``experiment.json``, a checkpoint per epoch, ``results.json`` and PNG grids into
-    ``config.out``, prints a one-row table and returns the results.
+    ``config.out``, prints a one-row table and returns the results. A folder holding another run is
+    refused unless ``config.resume`` or ``config.overwrite`` (:func:`claim_out_folder`).
     """
     if config.smoke and Path(config.data_root) != Path(config.out) / "smoke_data":
         config = smoke_config(config)
@@ -615,14 +742,18 @@ def run(config: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
         raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {sorted(DATASETS)}")
     if config.two_stage_from is not None:
         first = load_experiment_config(config.two_stage_from)
+        if first.dataset != config.dataset:
+            raise ValueError(
+                f"--two-stage-from {config.two_stage_from} is a {first.dataset} run; a {config.dataset} run "
+                "cannot start from it"
+            )
         config = dataclasses.replace(config, **{name: getattr(first, name) for name in ARCHITECTURE_FIELDS})
         if not config.prior.startswith("ebm"):
             raise ValueError(f"two-stage training fits an EBM prior; got prior {config.prior!r}")
     device = select_device(config.device)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save_json(config.to_dict(), out / EXPERIMENT_CONFIG_NAME)
     train_set, test_set = build_datasets(config)
+    config = claim_out_folder(config)
     loader = train_loader(config, train_set)
     if config.two_stage_from is not None:
         model, guide = _load_first_stage(config, train_set, device)
@@ -646,13 +777,29 @@ def run(config: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
 # --- command line --------------------------------------------------------------------------------
 
 
+def _checked(name: str, kind: type) -> Callable[[str], Any]:
+    """An ``argparse`` type: ``kind``, refusing values impossible for the setting ``name`` when parsed."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        problem = _setting_problem(name, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
+    return parse
+
+
 def add_arguments(parser, *, dataset_defaults: Mapping[str, Any]) -> None:
     """Add the options of :class:`ExperimentConfig` to an ``argparse`` parser, with an example's defaults."""
     defaults = ExperimentConfig(dataset="", out="", data_root="")
     defaults = dataclasses.replace(defaults, **dataset_defaults)
 
     def option(flag: str, name: str, kind: type, help: str, **kwargs: Any) -> None:
-        parser.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name), help=help, **kwargs)
+        parser.add_argument(
+            flag, dest=name, type=_checked(name, kind), default=getattr(defaults, name), help=help, **kwargs
+        )
 
     option("--data-root", "data_root", str, "folder with the data set's files")
     option("--source-root", "source_root", str, "raw files to generate the data set from when missing")
@@ -669,6 +816,8 @@ def add_arguments(parser, *, dataset_defaults: Mapping[str, Any]) -> None:
     parser.add_argument("--ebm-persistent", dest="ebm_persistent", action="store_true", help="persistent chains")
     option("--langevin-steps", "langevin_steps", int, "short-run Langevin steps K")
     option("--langevin-step-size", "langevin_step_size", float, "Langevin step size s")
+    option("--ebm-generation-steps", "ebm_generation_steps", int, "Langevin steps for generation (default: K)")
+    option("--ebm-warmup-epochs", "ebm_warmup_epochs", int, "epochs with the base prior before the EBM tilt")
     parser.add_argument("--guide", default=defaults.guide, choices=sorted(GUIDES))
     parser.add_argument("--objective", default=defaults.objective, choices=sorted(OBJECTIVES))
     option("-K", "num_samples", int, "importance samples per stratum (iwae, dreg)")
@@ -687,7 +836,9 @@ def add_arguments(parser, *, dataset_defaults: Mapping[str, Any]) -> None:
     option("--classifier-epochs", "classifier_epochs", int, "epochs of the coherence classifiers")
     option("--two-stage-from", "two_stage_from", str, "fit an EBM prior to this trained run's posterior")
     option("--two-stage-epochs", "two_stage_epochs", int, "epochs of the two-stage prior fit")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    run_folder = parser.add_mutually_exclusive_group()
+    run_folder.add_argument("--resume", action="store_true", help="continue the run in --out")
+    run_folder.add_argument("--overwrite", action="store_true", help="delete the run in --out and start afresh")
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run on tiny generated data")
 
 
@@ -722,6 +873,7 @@ __all__ = [
     "build_model_and_guide",
     "build_objective",
     "build_prior",
+    "claim_out_folder",
     "config_from_args",
     "evaluate",
     "fit_prior_to_posterior",

@@ -17,6 +17,7 @@ or, by name, ``PRIORS[name](latent_dim)``. Learnable priors train in the prior's
 from __future__ import annotations
 
 from functools import partial
+from typing import Optional
 
 import torch
 from pyro.distributions import Laplace, Normal, TorchDistribution
@@ -24,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_mmebm.distributions import TiltedLaplace
+from pyro_mmebm.distributions.tilted_laplace import BASES
 from pyro_mmebm.energy import EnergyMLP
 from pyro_mmebm.langevin import PersistentChains
 from pyro_mmebm.monitoring import EnergyGapMonitor
@@ -99,6 +101,11 @@ class EnergyBasedPrior(_StandardBase):
     :param num_steps, step_size: short-run Langevin ``K`` and ``s``.
     :param regularisation: ``λ`` of the penalty ``λ (f(z)² + E f(z⁻)²)`` on ``f_α``'s magnitude.
     :param persistent: continue the negative chains across training steps.
+    :param generation_steps: Langevin steps when sampling the prior for generation (default
+        ``num_steps``): short-run chains that suffice for the gradient may not reach the prior's modes.
+
+    Setting :attr:`tilted` to ``False`` makes the prior its base ``p0`` (``f_α`` unused and untrained):
+    :func:`~pyro_mmebm.fit` does so for ``TrainConfig.prior_warmup_epochs`` epochs.
     """
 
     def __init__(
@@ -114,6 +121,7 @@ class EnergyBasedPrior(_StandardBase):
         regularisation: float = 0.1,
         persistent: bool = False,
         spectral_norm: bool = False,
+        generation_steps: Optional[int] = None,
     ) -> None:
         super().__init__(latent_dim)
         self.energy = EnergyMLP(latent_dim, hidden_dim, depth, activation, spectral_norm)
@@ -123,9 +131,13 @@ class EnergyBasedPrior(_StandardBase):
         self.regularisation = regularisation
         self.persistent_chains = PersistentChains() if persistent else None
         self.monitor = EnergyGapMonitor()
+        self.generation_steps = generation_steps
+        self.tilted = True
         self.forward()  # validates the settings now rather than at the first training step
 
-    def forward(self) -> TiltedLaplace:
+    def forward(self) -> TorchDistribution:
+        if not self.tilted:
+            return BASES[self.base](self.loc, self.scale).to_event(1)
         return TiltedLaplace(
             self.energy,
             self.loc,
@@ -136,6 +148,7 @@ class EnergyBasedPrior(_StandardBase):
             regularisation=self.regularisation,
             persistent_chains=self.persistent_chains,
             monitor=self.monitor,
+            sample_steps=self.generation_steps,
         )
 
 

@@ -21,7 +21,7 @@ from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_mmebm.batch import split_batch
+from pyro_mmebm.batch import prepare_batch, split_batch
 from pyro_mmebm.checkpoint import atomic_save_json, resume_state, save_checkpoint
 
 
@@ -33,6 +33,10 @@ class TrainConfig:
     :param lr, betas: Adam for the encoders and decoders.
     :param prior_lr, prior_betas: Adam for the EBM prior's energy network ``f_α``.
     :param grad_clip: clip the global gradient norm to this value (``None``: no clipping).
+    :param prior_warmup_epochs: train with the prior's base ``p0`` for these first epochs before the
+        EBM's tilt is switched on (for priors with a ``tilted`` switch, e.g.
+        :class:`~pyro_mmebm.priors.EnergyBasedPrior`): the encoders learn the data before ``f_α``
+        starts to pull them.
     :param max_energy_gap: stop with :class:`~pyro_mmebm.monitoring.EBMDivergenceError` when
         ``|E_q[f] − E_p[f]|`` exceeds it.
     :param seed: seeds Pyro, torch, numpy and Python's ``random``.
@@ -44,6 +48,7 @@ class TrainConfig:
     prior_lr: float = 1e-4
     prior_betas: tuple[float, float] = (0.5, 0.999)
     grad_clip: Optional[float] = None
+    prior_warmup_epochs: int = 0
     max_energy_gap: float = 1e3
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +75,8 @@ def make_optimizer(model: nn.Module, guide: nn.Module, config: TrainConfig) -> t
 
 
 def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {name: x.to(device, non_blocking=True) for name, x in batch.items()}
+    """The batch on ``device``, checked and converted once (:func:`~pyro_mmebm.batch.prepare_batch`)."""
+    return prepare_batch(batch, device)
 
 
 def _num_draws(guide: nn.Module) -> dict[str, int]:
@@ -145,7 +151,9 @@ def fit(
     prior), the validation loss and the wall time. With ``out_dir``, every epoch ends with an atomic
     checkpoint (``checkpoint.pt``, ``config.json``, ``metrics.json``); with ``resume=True`` training
     continues from the checkpoint there, optimiser and random state included, so an interrupted run
-    loses at most the epoch in progress.
+    loses at most the epoch in progress; without it, an ``out_dir`` holding a checkpoint is refused
+    (:class:`~pyro_mmebm.checkpoint.ExistingRunError`). Batches are checked and converted once, as
+    they enter (:func:`~pyro_mmebm.batch.prepare_batch`).
     """
     device = device or next(model.parameters()).device
     model.to(device)
@@ -161,11 +169,14 @@ def fit(
     step_size = getattr(getattr(model, "prior", None), "step_size", None)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     step = sum(record.get("steps", 0) for record in history)
+    prior = getattr(model, "prior", None)
     for epoch in range(start_epoch, config.epochs):
         model.train()
         guide.train()
+        if hasattr(prior, "tilted"):
+            prior.tilted = epoch >= config.prior_warmup_epochs
         started = time.perf_counter()
-        loss_sum, count, gaps = 0.0, 0, []
+        loss_sum, count, gaps, energies = 0.0, 0, [], []
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for item in bar:
             batch, _ = split_batch(item)
@@ -184,6 +195,7 @@ def fit(
             if monitor is not None and monitor.gap is not None:
                 monitor.check(config.max_energy_gap, step, step_size)
                 gaps.append(monitor.gap)
+                energies.append((float(monitor.positive_mean), float(monitor.negative_mean)))
                 postfix["gap"] = f"{monitor.gap:.3g}"
             bar.set_postfix(postfix)
         record: dict[str, Any] = {
@@ -195,6 +207,8 @@ def fit(
         if gaps:
             record["energy_gap"] = sum(gaps) / len(gaps)
             record["energy_gap_last"] = gaps[-1]
+            record["f_positive"] = sum(p for p, _ in energies) / len(energies)
+            record["f_negative"] = sum(n for _, n in energies) / len(energies)
         if val_loader is not None:
             model.eval()
             guide.eval()
@@ -203,4 +217,6 @@ def fit(
             record, history, {"model": model, "guide": guide}, optimizer, config.to_dict(),
             out_dir=out_dir, metrics_name="metrics.json", progress=progress,
         )
+    if hasattr(prior, "tilted"):
+        prior.tilted = True
     return history

@@ -102,7 +102,7 @@ def reload(cache_dir, **settings):
 def test_cache_is_written_with_info(cached):
     cache_dir, model, accuracy = cached
     assert not model.training and accuracy > 0.9
-    assert sorted(p.name for p in cache_dir.iterdir()) == ["mnist_classifier.json", "mnist_classifier.pt"]
+    assert sorted(p.name for p in cache_dir.iterdir() if not p.name.startswith(".")) == ["mnist_classifier.json", "mnist_classifier.pt"]
     info = json.loads((cache_dir / "mnist_classifier.json").read_text())
     assert info["test_accuracy"] == accuracy
     assert (info["epochs"], info["seed"], info["architecture"]) == (3, 3, "MNISTClassifier")
@@ -165,3 +165,26 @@ def test_classifier_rejects_wrong_image_shape():
     expected = r"MNISTClassifier expects images of shape \(B, 1, 28, 28\), got \(2, 3, 32, 32\)"
     with pytest.raises(ValueError, match=expected):
         MNISTClassifier()(torch.rand(2, 3, 32, 32))
+
+
+def test_runs_side_by_side_train_a_missing_classifier_once(tmp_path):
+    import threading
+
+    built = []
+
+    def train_set():
+        built.append(threading.current_thread().name)
+        return pattern_digits(64, SHAPES["mnist"], seed=0)
+
+    def load(_):
+        load_or_train_classifier(
+            "mnist", train_set, lambda: pattern_digits(32, SHAPES["mnist"], seed=1), tmp_path,
+            epochs=1, batch_size=32, progress=False,
+        )
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1  # the others waited for the first and read its cache

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from pyro_mmebm.distributions import StratifiedMixtureOfExperts
 from pyro_mmebm.evaluation import (
     CrossCoherence,
+    aggregate_posterior_coherence,
     cross_coherence,
     format_table,
     joint_coherence,
@@ -229,3 +230,11 @@ def test_grids_are_pngs_of_the_expected_size(tmp_path):
     path = save_cross_grid(model, guide, batch, "b", tmp_path / "cross.png", num_examples=4)
     assert Image.open(path).size == (4 * 10 + 2, (1 + 3) * 10 + 2)  # input row, then a, b, c
     assert not path.with_suffix(".txt").exists()
+
+
+def test_aggregate_posterior_coherence_is_one_for_a_coherent_model_and_chance_for_a_random_one():
+    guide = FakeGuide(list(SHAPES))
+    assert aggregate_posterior_coherence(FakeModel(SHAPES), guide, CLASSIFIERS, loader(SHAPES, 300)) == 1.0
+    n = 5000
+    ceiling = aggregate_posterior_coherence(FakeModel(SHAPES, coherent=False), guide, CLASSIFIERS, loader(SHAPES, n))
+    assert abs(ceiling - 0.01) < binomial_tolerance(0.01, n)  # three independent digits agree w.p. 1/100

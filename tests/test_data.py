@@ -15,6 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from pyro_mmebm.data import (
+    InMemoryBatches,
     MNISTSVHN,
     CUBImageCaption,
     DatasetFilesNotFoundError,
@@ -483,3 +484,45 @@ def test_cub_download_fetches_mmvae_release(cub_root, tmp_path, monkeypatch):
         CUBImageCaption(tmp_path / "fresh")
     data = CUBImageCaption(tmp_path / "fresh", download=True)
     assert fetched == [cub_module.CUB_URL] and len(data) == 60
+
+
+def test_in_memory_batches_equal_the_data_set_items(polymnist):
+    dataset = PolyMNIST(polymnist, train=True)
+    modalities, labels = dataset.tensors()
+    assert all(x.dtype == torch.uint8 and x.shape == (100, 3, 28, 28) for x in modalities.values())
+    batches = InMemoryBatches(modalities, labels, 32, shuffle=False)
+    assert len(batches) == 4
+    seen = 0
+    for batch, batch_labels in batches:
+        for offset, label in enumerate(batch_labels.tolist()):
+            item, item_label = dataset[seen + offset]
+            assert label == item_label
+            for name in dataset.modalities:
+                assert torch.equal(batch[name][offset], item[name])  # the same float32 values
+        seen += len(batch_labels)
+    assert seen == 100
+
+
+def test_in_memory_batches_shuffle_and_epoch_size(polymnist):
+    modalities, labels = PolyMNIST(polymnist, train=True).tensors()
+    batches = InMemoryBatches(modalities, labels, 16, epoch_size=40, drop_last=True)
+    assert len(batches) == 2
+    torch.manual_seed(0)
+    first = torch.cat([y for _, y in batches])
+    torch.manual_seed(0)
+    again = torch.cat([y for _, y in batches])
+    second = torch.cat([y for _, y in batches])
+    assert len(first) == 32 and torch.equal(first, again)  # the order follows torch's random stream
+    assert not torch.equal(first, second)  # and is fresh every epoch
+    order = torch.cat([x["m0"][:, 0, 0, 0] for x, _ in InMemoryBatches(modalities, labels, 100)])
+    assert sorted(order.tolist()) == sorted(modalities["m0"][:, 0, 0, 0].float().div(255).tolist())
+
+
+def test_in_memory_batches_reject_bad_settings(polymnist):
+    modalities, labels = PolyMNIST(polymnist, train=True).tensors()
+    with pytest.raises(ValueError, match="different numbers"):
+        InMemoryBatches({"a": modalities["m0"], "b": modalities["m1"][:50]}, None, 8)
+    with pytest.raises(ValueError, match="epoch_size"):
+        InMemoryBatches(modalities, labels, 8, epoch_size=101)
+    with pytest.raises(ValueError, match="batch_size"):
+        InMemoryBatches(modalities, labels, 0)

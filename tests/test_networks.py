@@ -15,6 +15,8 @@ from pyro_mmebm.networks import (
     MLPEncoder,
     MNISTDecoder,
     MNISTEncoder,
+    PolyMNISTDecoder,
+    PolyMNISTEncoder,
     SVHNDecoder,
     SVHNEncoder,
 )
@@ -56,7 +58,23 @@ def test_shapes_and_positive_scale(kind, batch_size):
         assert out.shape == (batch_size, CAPTION_LENGTH, VOCAB_SIZE)
     else:
         assert out.shape == (batch_size, *encoder.event_shape) == (batch_size, *decoder.event_shape)
-        assert (out >= 0).all() and (out <= 1).all()
+        if kind != "polymnist":  # MoPoE's PolyMNIST decoder leaves its output unbounded
+            assert (out >= 0).all() and (out <= 1).all()
+
+
+def test_polymnist_decoder_output_and_encoder_hidden_layer_options():
+    torch.manual_seed(0)
+    z = 10 * torch.randn(16, LATENT_DIM)
+    bounded = PolyMNISTDecoder(LATENT_DIM, output="sigmoid")(z)
+    assert (bounded >= 0).all() and (bounded <= 1).all()
+    unbounded = PolyMNISTDecoder(LATENT_DIM)(z)
+    assert (unbounded < 0).any() or (unbounded > 1).any()
+    assert len(PolyMNISTEncoder(LATENT_DIM).body) == 7  # three conv+ReLU pairs and the flatten
+    assert len(PolyMNISTEncoder(LATENT_DIM, hidden_dim=512).body) == 9  # plus Linear 512 → ReLU
+    with pytest.raises(ValueError, match="decoder output"):
+        PolyMNISTDecoder(LATENT_DIM, output="tanh")
+    with pytest.raises(ValueError, match="hidden_dim"):
+        PolyMNISTEncoder(LATENT_DIM, hidden_dim=-1)
 
 
 @pytest.mark.parametrize("kind", sorted(ARCHITECTURES))

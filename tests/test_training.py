@@ -126,3 +126,31 @@ def test_wrong_or_corrupt_checkpoint_gives_clear_error(tmp_path):
         load_checkpoint(tmp_path / "bad.pt", {"model": other_model, "guide": other_guide})
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing", {"model": other_model})
+
+
+def test_warmup_trains_with_the_base_prior_then_switches_the_tilt_on():
+    data, labels = clustered_pairs(256, seed=0)
+    model, guide = build(EnergyBasedPrior(2, 16, 2, num_steps=2))
+    initial = [p.clone() for p in model.prior.energy.parameters()]
+    history = fit(model, guide, batches(data, labels), TrainConfig(epochs=1, prior_warmup_epochs=1), progress=False)
+    assert "energy_gap" not in history[0]  # no negatives were drawn during the warm-up
+    assert all(torch.equal(p, q) for p, q in zip(initial, model.prior.energy.parameters()))
+    assert model.prior.tilted  # generation after training uses the EBM
+    history = fit(model, guide, batches(data, labels), TrainConfig(epochs=2, prior_warmup_epochs=1), progress=False)
+    assert "energy_gap" not in history[0] and "energy_gap" in history[1]
+    assert {"f_positive", "f_negative"} <= set(history[1])
+    assert not all(torch.equal(p, q) for p, q in zip(initial, model.prior.energy.parameters()))
+
+
+def test_generation_runs_its_own_number_of_langevin_steps(monkeypatch):
+    from pyro_mmebm.distributions import tilted_laplace
+
+    prior = EnergyBasedPrior(2, 16, 2, num_steps=3, generation_steps=11)
+    steps = []
+    real = tilted_laplace.langevin_sample
+    monkeypatch.setattr(
+        tilted_laplace, "langevin_sample", lambda f, init, k, s: steps.append(k) or real(f, init, k, s)
+    )
+    prior().sample((5,))
+    prior().log_prob(torch.zeros(4, 2, requires_grad=True))
+    assert steps == [11, 3]  # generation, then the training negatives

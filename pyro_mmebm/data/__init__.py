@@ -5,6 +5,7 @@ Every data set class has a ``modalities`` tuple of names; images are float32 in 
 
 from pyro_mmebm.data._files import DatasetFilesNotFoundError
 from pyro_mmebm.data.cub import CUBImageCaption, Vocabulary, tokenize
+from pyro_mmebm.data.in_memory import InMemoryBatches
 from pyro_mmebm.data.mnist_svhn import MNISTSVHN, match_by_label
 from pyro_mmebm.data.polymnist import PolyMNIST, generate_polymnist
 from pyro_mmebm.data.subsets import strided_subset
@@ -12,6 +13,7 @@ from pyro_mmebm.data.subsets import strided_subset
 __all__ = [
     "CUBImageCaption",
     "DatasetFilesNotFoundError",
+    "InMemoryBatches",
     "MNISTSVHN",
     "PolyMNIST",
     "Vocabulary",

@@ -22,8 +22,10 @@ from tqdm.auto import tqdm
 from pyro_mmebm.data._files import (
     DatasetFilesNotFoundError,
     atomic_path,
+    check_labels,
     download_and_extract,
     load_mnist,
+    load_npy,
     save_npy_atomic,
 )
 
@@ -231,17 +233,18 @@ class PolyMNIST(Dataset):
             _adopt_nested_layout(root)
         if not arrays_found and not (root / split).is_dir():
             if generate_from is None:
+                missing = ", ".join(str(path) for path in (images_path, labels_path) if not path.is_file())
                 raise DatasetFilesNotFoundError(
-                    f"PolyMNIST {split} split not found in {root}: expected {images_path} and {labels_path} "
-                    f"(from generate_polymnist) or the official PNG layout {root / split}/m0..m4/<index>.<label>.png; "
-                    "pass download=True to fetch the official release, or generate_from=(mnist_root, "
-                    "backgrounds_dir) to generate it"
+                    f"PolyMNIST {split} split not found in {root}: missing {missing} (from generate_polymnist) "
+                    f"and the official PNG layout {root / split}/m0..m4/<index>.<label>.png; pass download=True "
+                    "(--download) to fetch the official release, or generate_from=(mnist_root, backgrounds_dir) "
+                    "(--source-root, a folder with MNIST/raw and PolyMNIST/backgrounds) to generate it"
                 )
             generate_polymnist(*generate_from, root, splits=(split,))
             arrays_found = True
         if arrays_found:
             self._tuples: _ArrayTuples | _PngTuples = _ArrayTuples(images_path)
-            labels = np.load(labels_path)
+            labels = load_npy(labels_path)
             if len(labels) != len(self._tuples.images):
                 raise ValueError(
                     f"{labels_path} has {len(labels)} labels but {images_path} has {len(self._tuples.images)} tuples"
@@ -249,6 +252,7 @@ class PolyMNIST(Dataset):
         else:
             paths, labels = _read_png_layout(root / split)
             self._tuples = _PngTuples(paths)
+        check_labels(labels, range(10), labels_path if arrays_found else root / split)
         self.labels = torch.from_numpy(labels)
 
     def __len__(self) -> int:
@@ -257,6 +261,12 @@ class PolyMNIST(Dataset):
     def __getitem__(self, index: int) -> tuple[dict[str, Tensor], int]:
         images = torch.from_numpy(self._tuples[index]).permute(0, 3, 1, 2).float() / 255
         return dict(zip(self.modalities, images)), int(self.labels[index])
+
+    def tensors(self) -> tuple[dict[str, Tensor], Tensor]:
+        """The whole split in memory, ``({modality: uint8 (N, 3, 28, 28)}, labels (N,))``, for
+        :class:`~pyro_mmebm.data.InMemoryBatches` (about 118 MB per modality for the training split)."""
+        images = torch.from_numpy(self._tuples.all()).permute(1, 0, 4, 2, 3).contiguous()
+        return dict(zip(self.modalities, images.unbind(0))), self.labels.clone()
 
 
 class _ArrayTuples:
@@ -267,7 +277,7 @@ class _ArrayTuples:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.images = np.load(path, mmap_mode="r")
+        self.images = load_npy(path, mmap_mode="r")
         if self.images.shape[1:] != (len(MODALITIES), IMAGE_SIZE, IMAGE_SIZE, 3) or self.images.dtype != np.uint8:
             raise ValueError(f"{path} must hold uint8 (N, 5, 28, 28, 3), got {self.images.dtype} {self.images.shape}")
 
@@ -280,6 +290,9 @@ class _ArrayTuples:
     def __getitem__(self, index: int) -> np.ndarray:
         return np.array(self.images[index])
 
+    def all(self) -> np.ndarray:
+        return np.array(self.images)
+
 
 class _PngTuples:
     """Tuples read from five PNG files each, checked when read."""
@@ -289,6 +302,9 @@ class _PngTuples:
 
     def __getitem__(self, index: int) -> np.ndarray:
         return np.stack([_read_png(path) for path in self.paths[index]])
+
+    def all(self) -> np.ndarray:
+        return np.stack([self[index] for index in range(len(self.paths))])
 
 
 def _read_png(path: str) -> np.ndarray:

@@ -10,10 +10,18 @@ from torch import Tensor
 from torch.distributions.utils import broadcast_all
 
 from pyro_mmebm.energy import energy_parameters_require_grad
-from pyro_mmebm.langevin import PersistentChains, langevin_sample
+from pyro_mmebm.langevin import LangevinDivergenceError, LogDensity, PersistentChains, langevin_sample
 from pyro_mmebm.monitoring import EnergyGapMonitor
 
 BASES = {"laplace": Laplace, "normal": Normal}
+
+MAX_BASE_SCALES = 50.0
+"""How far (in base scales, per coordinate) a Langevin state may end from the base's centre.
+
+The base puts mass ``e^{-50} ≈ 2·10⁻²²`` beyond 50 scales per coordinate (the Laplace; a Normal far
+less), and the tilt moves mass that far only if ``f_α`` rises by some 50 nats there. A chain ending
+farther out is not sampling the prior: its step size is too large for the target (with the Laplace
+base such chains stay finite but wander to ``|z|`` in the thousands)."""
 
 
 class TiltedLaplace(TorchDistribution):
@@ -50,7 +58,9 @@ class TiltedLaplace(TorchDistribution):
     :param Tensor loc: location of the base, shape ``(*batch, d)``.
     :param Tensor scale: scale of the base, shape ``(*batch, d)``.
     :param str base: ``"laplace"`` (default) or ``"normal"``.
-    :param int num_steps: Langevin steps ``K`` for samples and negatives.
+    :param int num_steps: Langevin steps ``K`` for the training negatives (and samples, by default).
+    :param int sample_steps: Langevin steps of :meth:`sample` (generation), when it needs longer
+        chains than the negatives; default ``num_steps``.
     :param float step_size: Langevin step size ``s``.
     :param float regularisation: ``λ`` of the magnitude penalty on ``f_α`` (gradient only).
     :param int num_negatives: number of negatives per :meth:`log_prob` call; default one per element
@@ -76,10 +86,13 @@ class TiltedLaplace(TorchDistribution):
         num_negatives: Optional[int] = None,
         persistent_chains: Optional[PersistentChains] = None,
         monitor: Optional[EnergyGapMonitor] = None,
+        sample_steps: Optional[int] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
         if base not in BASES:
             raise ValueError(f"unknown base distribution {base!r}; choose one of {sorted(BASES)}")
+        if sample_steps is not None and sample_steps < 0:
+            raise ValueError(f"need sample_steps >= 0, got {sample_steps}")
         if num_steps < 0 or step_size <= 0 or regularisation < 0:
             raise ValueError(
                 f"need num_steps >= 0, step_size > 0 and regularisation >= 0, got {num_steps}, "
@@ -96,6 +109,7 @@ class TiltedLaplace(TorchDistribution):
         self.num_negatives = num_negatives
         self.persistent_chains = persistent_chains
         self.monitor = monitor
+        self.sample_steps = num_steps if sample_steps is None else sample_steps
         super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None) -> "TiltedLaplace":
@@ -104,7 +118,7 @@ class TiltedLaplace(TorchDistribution):
         new.loc = self.loc.expand(batch_shape + self.event_shape)
         new.scale = self.scale.expand(batch_shape + self.event_shape)
         for name in ("energy", "base", "num_steps", "step_size", "regularisation", "num_negatives",
-                     "persistent_chains", "monitor"):
+                     "persistent_chains", "monitor", "sample_steps"):
             setattr(new, name, getattr(self, name))
         super(TiltedLaplace, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -122,12 +136,62 @@ class TiltedLaplace(TorchDistribution):
         which names the step size, rather than fail the base's support check.
         """
         base = BASES[self.base](self.loc, self.scale, validate_args=False).to_event(1)
-        return self.energy(value) + base.log_prob(value)
+        return self._energy(value) + base.log_prob(value)
+
+    def _energy(self, z: Tensor) -> Tensor:
+        """``f_α(z)``, checked to hold one value per latent (another shape would broadcast silently)."""
+        value = self.energy(z)
+        if not isinstance(value, Tensor) or value.shape != z.shape[:-1]:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"the energy network f_α ({type(self.energy).__name__}) must return one value per latent, "
+                f"shape {tuple(z.shape[:-1])} for latents of shape {tuple(z.shape)}; it returned {got}"
+            )
+        return value
+
+    def _check_energy_finite(self, evaluations: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Raise ``ValueError`` naming the energy network when ``f_α`` is inf or NaN at finite latents.
+
+        :param evaluations: ``{what the latents are: (z, f_α(z))}``, checked with one synchronisation.
+        """
+        bad = torch.stack(
+            [(~torch.isfinite(f) & torch.isfinite(z).all(-1)).any() for z, f in evaluations.values()]
+        ).tolist()
+        for where, failed in zip(evaluations, bad):
+            if failed:
+                raise ValueError(
+                    f"the energy network f_α ({type(self.energy).__name__}) returned inf or NaN on {where} "
+                    "(finite latents)"
+                )
+
+    def _langevin(
+        self, log_density: LogDensity, init: Tensor, num_steps: int, loc: Tensor, scale: Tensor
+    ) -> Tensor:
+        """Langevin chains from ``init``; refused when ``f_α`` is not finite at the starts, or when the
+        chains end farther than :data:`MAX_BASE_SCALES` from the base ``(loc, scale)``."""
+        with torch.no_grad():
+            self._check_energy_finite({"the Langevin chains' starting points": (init, self._energy(init))})
+        samples = langevin_sample(log_density, init, num_steps, self.step_size)
+        distance = float(((samples - loc).abs() / scale).amax()) if samples.numel() else 0.0
+        if distance > MAX_BASE_SCALES:
+            raise LangevinDivergenceError(
+                f"Langevin chains of the EBM prior ended {distance:.3g} base scales from the base's centre "
+                f"after {num_steps} steps with step size {self.step_size}; chains sampling this prior stay "
+                f"within {MAX_BASE_SCALES:g}. The step size is too large for this target: reduce it (0.3 suits "
+                "a unit-scale base); or f_α has run away (watch the energy gap)."
+            )
+        return samples
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
-        """Langevin samples, started from ``p0``, shape ``sample_shape + batch_shape + event_shape``."""
+        """Langevin samples, started from ``p0``, shape ``sample_shape + batch_shape + event_shape``.
+
+        :raises LangevinDivergenceError: when the chains diverge, or end farther than
+            :data:`MAX_BASE_SCALES` from the base's centre (a step size far too large).
+        :raises ValueError: naming the energy network, when ``f_α`` returns the wrong shape, or inf or
+            NaN where the chains start.
+        """
         init = self.base_dist.sample(sample_shape)
-        return langevin_sample(self.unnormalized_log_prob, init, self.num_steps, self.step_size)
+        return self._langevin(self.unnormalized_log_prob, init, self.sample_steps, self.loc, self.scale)
 
     def negative_samples(self, num_samples: int) -> Tensor:
         """``num_samples`` Langevin negatives ``z⁻`` of shape ``(num_samples, d)``.
@@ -135,11 +199,12 @@ class TiltedLaplace(TorchDistribution):
         They target the prior of the first batch element: a prior's base is shared by the batch.
         """
         d = self.event_shape[0]
-        base = BASES[self.base](self.loc.reshape(-1, d)[0], self.scale.reshape(-1, d)[0], validate_args=False)
+        loc, scale = self.loc.reshape(-1, d)[0], self.scale.reshape(-1, d)[0]
+        base = BASES[self.base](loc, scale, validate_args=False)
         fresh = base.to_event(1).sample((num_samples,))
         init = fresh if self.persistent_chains is None else self.persistent_chains.initial_states(fresh)
-        negatives = langevin_sample(
-            lambda z: self.energy(z) + base.log_prob(z).sum(-1), init, self.num_steps, self.step_size
+        negatives = self._langevin(
+            lambda z: self._energy(z) + base.log_prob(z).sum(-1), init, self.num_steps, loc, scale
         )
         if self.persistent_chains is not None:
             self.persistent_chains.update(negatives)
@@ -148,17 +213,23 @@ class TiltedLaplace(TorchDistribution):
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        positive = self.energy(value)
+        positive = self._energy(value)
         log_prob = positive + self.base_dist.log_prob(value)
         if not (torch.is_grad_enabled() and energy_parameters_require_grad(self.energy)):
+            self._check_energy_finite({"the latents scored": (value, positive)})
             return log_prob
         num_negatives = self.num_negatives or max(1, value.shape[:-1].numel())
-        negative = self.energy(self.negative_samples(num_negatives))
+        negatives = self.negative_samples(num_negatives)
+        negative = self._energy(negatives)
+        self._check_energy_finite({
+            "the latents scored (posterior samples)": (value, positive),
+            "the Langevin negatives": (negatives, negative),
+        })
         if self.monitor is not None:
             self.monitor.record(positive, negative)
         surrogate = -negative.mean()
         if self.regularisation > 0:
             surrogate = surrogate - self.regularisation * (
-                self.energy(value.detach()).pow(2) + negative.pow(2).mean()
+                self._energy(value.detach()).pow(2) + negative.pow(2).mean()
             )
         return log_prob + (surrogate - surrogate.detach())

@@ -14,6 +14,7 @@ from pyro_mmebm.evaluation.classifiers import (
 from pyro_mmebm.evaluation.coherence import (
     ALL_MODALITIES,
     CrossCoherence,
+    aggregate_posterior_coherence,
     cross_coherence,
     fit_logistic_regression,
     format_table,
@@ -39,6 +40,7 @@ __all__ = [
     "MNISTClassifier",
     "PolyMNISTClassifier",
     "SVHNClassifier",
+    "aggregate_posterior_coherence",
     "cross_coherence",
     "fit_logistic_regression",
     "format_table",

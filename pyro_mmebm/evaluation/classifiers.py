@@ -13,18 +13,22 @@ Deep Generative Models", NeurIPS.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from pyro_mmebm.data.in_memory import InMemoryBatches
+
+from pyro_mmebm.atomic import atomic_path, atomic_write_bytes
 
 NUM_DIGITS = 10
 
@@ -93,21 +97,26 @@ class SVHNClassifier(LeNetClassifier):
 
 
 class PolyMNISTClassifier(ImageClassifier):
-    """The PolyMNIST classifier of MoPoE [2] (also used by MMVAE+), on ``(B, 3, 28, 28)``: three
-    ``Conv 4×4, stride 2, padding 1 → dropout2d → ReLU`` layers with 10, 20, 20 channels
-    (28 → 14 → 7 → 3), flatten (180), ``Linear 64 → dropout → ReLU → Linear 10``.
+    """The PolyMNIST digit classifier, on ``(B, 3, 28, 28)``: three ``Conv 3×3, padding 1 → batch norm
+    → ReLU → max-pool 2`` stages with 32, 64, 128 channels (28 → 14 → 7 → 3), flatten (1152),
+    ``Linear 128 → ReLU → dropout 0.2 → Linear 10``.
+
+    MoPoE's classifier [2] (``Conv 4×4, stride 2`` with 10, 20, 20 channels and dropout 0.5 after
+    every layer) reached only 0.83–0.94 test accuracy here after 3 epochs; coherence needs
+    classifiers that are nearly always right on real images, and this wider net with light dropout
+    reaches ≥ 0.97 on every modality in 4 epochs (accuracies are stored with the cached weights).
     """
 
     def __init__(self) -> None:
         super().__init__(
             (3, 28, 28),
             nn.Sequential(
-                nn.Conv2d(3, 10, 4, 2, 1), nn.Dropout2d(0.5), nn.ReLU(),
-                nn.Conv2d(10, 20, 4, 2, 1), nn.Dropout2d(0.5), nn.ReLU(),
-                nn.Conv2d(20, 20, 4, 2, 1), nn.Dropout2d(0.5), nn.ReLU(),
+                nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2),
                 nn.Flatten(),
-                nn.Linear(20 * 3 * 3, 64), nn.Dropout(0.5), nn.ReLU(),
-                nn.Linear(64, NUM_DIGITS),
+                nn.Linear(128 * 3 * 3, 128), nn.ReLU(), nn.Dropout(0.2),
+                nn.Linear(128, NUM_DIGITS),
             ),
         )
 
@@ -120,8 +129,12 @@ CLASSIFIERS: dict[str, Callable[[], nn.Module]] = {
 """Classifier constructors keyed by architecture name."""
 
 
-def _loader(data: Dataset | DataLoader, batch_size: int, shuffle: bool) -> DataLoader:
-    return data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=shuffle)
+def _loader(data: Dataset | Iterable, batch_size: int, shuffle: bool) -> Iterable:
+    """Batches of ``data``: a ``DataLoader`` or :class:`~pyro_mmebm.data.InMemoryBatches` as it is,
+    anything else (a map-style data set, a list of items) through a ``DataLoader``."""
+    if isinstance(data, (DataLoader, InMemoryBatches)):
+        return data
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle)
 
 
 def _inputs_and_labels(item: Any, modality: str, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -144,7 +157,7 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 def train_classifier(
     model: nn.Module,
-    data: Dataset | DataLoader,
+    data: Dataset | Iterable,
     modality: str,
     *,
     epochs: int,
@@ -185,7 +198,7 @@ def train_classifier(
 @torch.no_grad()
 def test_accuracy(
     model: nn.Module,
-    data: Dataset | DataLoader,
+    data: Dataset | Iterable,
     modality: str,
     device: str | torch.device = "cpu",
     batch_size: int = 512,
@@ -209,16 +222,15 @@ def test_accuracy(
 test_accuracy.__test__ = False  # type: ignore[attr-defined]
 
 
-def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            write(tmp)
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (POSIX ``flock``) inside the block."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _load_cached(
@@ -249,8 +261,8 @@ def _load_cached(
 
 def load_or_train_classifier(
     name: str,
-    make_train_dataset: Callable[[], Dataset | DataLoader],
-    make_test_dataset: Callable[[], Dataset | DataLoader],
+    make_train_dataset: Callable[[], Dataset | Iterable],
+    make_test_dataset: Callable[[], Dataset | Iterable],
     cache_dir: str | os.PathLike[str],
     *,
     architecture: str | Callable[[], nn.Module] | None = None,
@@ -293,29 +305,32 @@ def load_or_train_classifier(
         "architecture": type(model).__name__, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed
     }
 
-    if weights_path.exists():
-        info = _load_cached(model, weights_path, info_path, device)
-        differing = {k: (info.get(k), v) for k, v in settings.items() if info.get(k) != v}
-        if differing:
-            warnings.warn(
-                f"reusing cached classifier {weights_path} trained with different settings "
-                f"(cached, requested): {differing}; delete it to retrain",
-                stacklevel=2,
-            )
-        return model.to(device).eval(), float(info["test_accuracy"])
-
-    train_data = make_train_dataset()
-    train_classifier(
-        model, train_data, name, epochs=epochs, lr=lr, device=device, seed=seed, batch_size=batch_size,
-        progress=progress,
-    )
-    accuracy = test_accuracy(model, make_test_dataset(), name, device=device)
+    # Runs side by side share the cache: the first to need a classifier trains it, the others wait.
     cache_dir.mkdir(parents=True, exist_ok=True)
-    info = {"name": name, "test_accuracy": accuracy, **settings}
-    # The weights file marks a complete cache, so it is written last.
-    _write_atomically(info_path, lambda f: f.write(json.dumps(info, indent=2).encode()))
-    _write_atomically(weights_path, lambda f: torch.save(model.state_dict(), f))
-    return model, accuracy
+    with _exclusive_lock(cache_dir / f".{name}_classifier.lock"):
+        if weights_path.exists():
+            info = _load_cached(model, weights_path, info_path, device)
+            differing = {k: (info.get(k), v) for k, v in settings.items() if info.get(k) != v}
+            if differing:
+                warnings.warn(
+                    f"reusing cached classifier {weights_path} trained with different settings "
+                    f"(cached, requested): {differing}; delete it to retrain",
+                    stacklevel=2,
+                )
+            return model.to(device).eval(), float(info["test_accuracy"])
+
+        train_data = make_train_dataset()
+        train_classifier(
+            model, train_data, name, epochs=epochs, lr=lr, device=device, seed=seed, batch_size=batch_size,
+            progress=progress,
+        )
+        accuracy = test_accuracy(model, make_test_dataset(), name, device=device)
+        info = {"name": name, "test_accuracy": accuracy, **settings}
+        # The weights file marks a complete cache, so it is written last.
+        atomic_write_bytes(info_path, json.dumps(info, indent=2).encode())
+        with atomic_path(weights_path) as tmp:
+            torch.save(model.state_dict(), tmp)
+        return model, accuracy
 
 
 __all__ = [

@@ -195,6 +195,39 @@ def joint_coherence(
     return float((labels == labels[0]).all(0).float().mean())
 
 
+def aggregate_posterior_coherence(
+    model: nn.Module,
+    guide: nn.Module,
+    classifiers: Mapping[str, nn.Module],
+    loader: Iterable,
+    *,
+    device: Optional[torch.device] = None,
+    num_batches: Optional[int] = None,
+) -> float:
+    """Joint coherence of latents drawn from the aggregate posterior: the ceiling of a learned prior.
+
+    Joint coherence decodes ``z ~ p(z)``. A prior equal to the aggregate posterior
+    ``q(z) = E_data[q(z | X)]`` would draw, in effect, a data tuple and then ``z ~ q(z | X)``; here,
+    for every tuple of ``loader``, one such ``z`` (one expert, uniformly at random:
+    :func:`generate_from`) is decoded to every modality, and counts when all classifiers agree. A
+    perfect prior reaches this number; the gap from a Laplace prior's joint coherence to it is what
+    a learned prior can close.
+    """
+    if len(classifiers) < 2:
+        raise ValueError(f"joint coherence needs classifiers for two modalities or more, got {sorted(classifiers)}")
+    device = device or _default_device(model)
+    agree = total = 0
+    with _eval_mode(model, guide, *classifiers.values()), torch.no_grad():
+        for batch, _ in _batches(loader, num_batches):
+            generated = generate_from(model, guide, {name: batch[name].to(device) for name in model.modalities})
+            labels = torch.stack([_predict(c, generated[name].to(device)) for name, c in classifiers.items()])
+            agree += int((labels == labels[0]).all(0).sum())
+            total += labels.shape[1]
+    if total == 0:
+        raise ValueError("cannot compute a coherence on an empty loader")
+    return agree / total
+
+
 # --- cross coherence -----------------------------------------------------------------------------
 
 
