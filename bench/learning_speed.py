@@ -1,0 +1,137 @@
+"""How fast MMVAE learns the digit on real PolyMNIST, per network and optimiser setting.
+
+One setting per process (two run side by side, one thread each): train the MoE guide with the
+Laplace prior for ``--steps`` steps of ``--batch-size`` and, every ``--eval-every`` steps, measure on
+a strided test subset the single-source cross coherence (``m_i → m_j``, ``i ≠ j``), the
+self-reconstruction coherence (``m_i → m_i``) and a linear probe of the digit on the posterior mean.
+The curve is written after every evaluation to ``<out>/<name>.json``, so nothing measured is lost.
+
+    OMP_NUM_THREADS=1 python bench/learning_speed.py --name today --encoder-hidden 512 --decoder-output sigmoid
+    OMP_NUM_THREADS=1 python bench/learning_speed.py --name mopoe_nets --encoder-hidden 0 --decoder-output identity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+
+from guides import MixtureOfExpertsGuide
+from models import MultimodalVAE
+from pyro_mmebm.data import InMemoryBatches, PolyMNIST
+from pyro_mmebm.evaluation import load_or_train_classifier
+from pyro_mmebm.evaluation.coherence import cross_coherence, generate_from, linear_probe_accuracy
+from pyro_mmebm.likelihoods import Likelihood
+from pyro_mmebm.networks import PolyMNISTDecoder, PolyMNISTEncoder
+from pyro_mmebm.priors import PRIORS
+
+
+def strided(tensors: dict, labels: torch.Tensor, n: int) -> tuple[dict, torch.Tensor]:
+    index = torch.arange(n) * len(labels) // n
+    return {name: x[index] for name, x in tensors.items()}, labels[index]
+
+
+def load_classifiers(cache_dir: str, train_x: dict, train_y, test_x: dict, test_y) -> dict:
+    """The cached digit classifiers of the five modalities (trained first when missing)."""
+    return {
+        name: load_or_train_classifier(
+            name, lambda: InMemoryBatches(train_x, train_y, 128), lambda: InMemoryBatches(test_x, test_y, 1000, shuffle=False),
+            cache_dir, architecture="polymnist", epochs=4, progress=False,
+        )[0]
+        for name in train_x
+    }
+
+
+@torch.no_grad()
+def self_coherence(model, guide, classifiers, loader) -> float:
+    """Fraction of ``m_i → m_i`` reconstructions classified as the example's label, over all ``i``."""
+    correct = total = 0
+    for batch, labels in loader:
+        for name, classifier in classifiers.items():
+            generated = generate_from(model, guide, {name: batch[name]})[name]
+            correct += int((classifier(generated).argmax(-1) == labels).sum())
+            total += labels.numel()
+    return correct / total
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    pyro.set_rng_seed(args.seed)
+    train_set = PolyMNIST(args.data_root, train=True, generate_from=(args.source_root, f"{args.source_root}/PolyMNIST/backgrounds"))
+    test_set = PolyMNIST(args.data_root, train=False, generate_from=(args.source_root, f"{args.source_root}/PolyMNIST/backgrounds"))
+    train_x, train_y = train_set.tensors()
+    test_x, test_y = test_set.tensors()
+    eval_x, eval_y = strided(test_x, test_y, args.eval_size)
+    probe_x, probe_y = strided(train_x, train_y, 2000)
+    eval_loader = InMemoryBatches(eval_x, eval_y, 250, shuffle=False)
+    probe_loader = InMemoryBatches(probe_x, probe_y, 250, shuffle=False)
+
+    d = args.latent_dim
+    encoders = {name: PolyMNISTEncoder(d, hidden_dim=args.encoder_hidden, scale_activation="softmax") for name in train_set.modalities}
+    decoders = {name: PolyMNISTDecoder(d, output=args.decoder_output) for name in train_set.modalities}
+    likelihoods = {name: Likelihood("laplace", 0.75) for name in train_set.modalities}
+    model = MultimodalVAE(decoders, likelihoods, PRIORS[args.prior](d))
+    guide = MixtureOfExpertsGuide(encoders, d)
+    params = list(model.parameters()) + list(guide.parameters())
+    optimizer = torch.optim.Adam(params, lr=args.lr, amsgrad=args.amsgrad)
+    loss_fn = Trace_ELBO(max_plate_nesting=2)(model, guide)
+    batches = InMemoryBatches(train_x, train_y, args.batch_size, drop_last=True)
+
+    classifiers = None  # loaded at the first evaluation: they may still be training in another process
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    curve, losses, step, started = [], [], 0, time.perf_counter()
+    while step < args.steps:
+        for batch, _ in batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(batch, num_draws=guide.num_draws) / args.batch_size
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if step % args.eval_every == 0 or step == args.steps:
+                model.eval(), guide.eval()
+                classifiers = classifiers or load_classifiers(args.classifier_dir, train_x, train_y, test_x, test_y)
+                cross = cross_coherence(model, guide, classifiers, eval_loader, max_source_size=1)
+                point = {
+                    "step": step,
+                    "seconds": time.perf_counter() - started,
+                    "loss": sum(losses) / len(losses),
+                    "cross": cross.mean,
+                    "self": self_coherence(model, guide, classifiers, eval_loader),
+                    "probe": linear_probe_accuracy(guide, probe_loader, eval_loader)["all"],
+                }
+                model.train(), guide.train()
+                curve.append(point)
+                losses = []
+                print(json.dumps(point), flush=True)
+                (out / f"{args.name}.json").write_text(json.dumps({"settings": vars(args), "curve": curve}, indent=2))
+            if step == args.steps:
+                break
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--data-root", default="../data/polymnist")
+    parser.add_argument("--source-root", default="../shared/data")
+    parser.add_argument("--classifier-dir", default="../runs/classifiers")
+    parser.add_argument("--out", default="bench/results/learning_speed")
+    parser.add_argument("--encoder-hidden", type=int, default=0)
+    parser.add_argument("--decoder-output", default="identity", choices=["identity", "sigmoid"])
+    parser.add_argument("--prior", default="laplace")
+    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--amsgrad", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--eval-size", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    main(parser.parse_args())

@@ -1,0 +1,221 @@
+"""The CPU protocol on real PolyMNIST: the EBM prior against MMVAE's Laplace prior, in one command.
+
+Runs, each as its own process with one thread (two side by side on a 2-core machine), each through
+``examples/polymnist.py`` so that every run is a plain example run a user can repeat:
+
+1. ``laplace``: MMVAE (mixture-of-experts guide, Laplace prior);
+2. ``ebm``: the paper's method, the EBM prior trained jointly (the library's default recipe);
+3. ``two_stage``: an EBM prior fitted to the aggregate posterior of the finished ``laplace`` run;
+4. with ``--private``, ``laplace_private`` and ``ebm_private`` (MMVAE+-style private latents, "Ours+").
+
+Every run writes a checkpoint each epoch; ``--resume`` continues unfinished runs (a finished run,
+one with ``results.json`` of the requested epochs, is read back; asking for more epochs continues it), so the protocol can span sessions. At the end it writes
+``<out>/protocol.md`` and ``<out>/protocol.json``: per run the joint, cross and probe accuracy, the
+aggregate-posterior ceiling, the fraction of the Laplace-to-ceiling gap closed, epochs, steps, wall
+time and the command; beside them ``energy_gap.png``, the EBM's energy gap over training.
+
+    OMP_NUM_THREADS=1 python bench/polymnist_protocol.py --out bench/results/polymnist_protocol
+    OMP_NUM_THREADS=1 python bench/polymnist_protocol.py --out bench/results/polymnist_protocol --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from matplotlib.figure import Figure
+
+from pyro_mmebm.evaluation.coherence import format_table, save_results_json
+from pyro_mmebm.experiment import RESULTS_NAME, summary_row
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "polymnist.py"
+
+
+def run_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The ``examples/polymnist.py`` command line of each run, by name."""
+    common = [
+        "--data-root", args.data_root, "--source-root", args.source_root, "--cache-dir", args.cache_dir,
+        "--latent-dim", str(args.latent_dim), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
+        "--seed", str(args.seed), "--device", args.device, "--eval-size", str(args.eval_size),
+        "--joint-samples", str(args.joint_samples),
+    ]
+    if args.epoch_size is not None:
+        common += ["--epoch-size", str(args.epoch_size)]
+    if args.ebm_options:
+        common_ebm = shlex.split(args.ebm_options)
+    else:
+        common_ebm = []
+    out = Path(args.out)
+    commands = {
+        "laplace": ["--prior", "laplace", "--out", str(out / "laplace")],
+        "ebm": ["--prior", "ebm", *common_ebm, "--out", str(out / "ebm")],
+        "two_stage": [
+            "--prior", "ebm", *common_ebm, "--two-stage-from", str(out / "laplace"), "--two-stage-epochs",
+            str(args.two_stage_epochs), "--out", str(out / "two_stage"),
+        ],
+    }
+    if args.private:
+        private = ["--private-latent-dim", str(args.latent_dim)]
+        commands["laplace_private"] = ["--prior", "laplace", *private, "--out", str(out / "laplace_private")]
+        commands["ebm_private"] = ["--prior", "ebm", *common_ebm, *private, "--out", str(out / "ebm_private")]
+    return {name: [sys.executable, str(EXAMPLE), *common, *extra] for name, extra in commands.items()}
+
+
+DEPENDS_ON = {"two_stage": "laplace"}
+"""A run that starts only when another has finished."""
+
+
+def finished(out: Path, name: str, epochs: Optional[int] = None) -> bool:
+    """Whether the run ``name`` has its results (of at least ``epochs`` epochs, when given)."""
+    path = out / name / RESULTS_NAME
+    if not path.is_file():
+        return False
+    return epochs is None or len(json.loads(path.read_text()).get("history", [])) >= epochs
+
+
+def schedule(
+    commands: dict[str, list[str]], out: Path, *, parallel: int, resume: bool, epochs: dict[str, int]
+) -> dict[str, int]:
+    """Run every unfinished command, at most ``parallel`` at a time, one thread each; return exit codes.
+
+    Each run's output goes to ``<out>/<name>.log``. A run is resumed (``--resume``) when its folder
+    holds a checkpoint and ``resume`` is set.
+    """
+    pending = [name for name in commands if not finished(out, name, epochs.get(name))]
+    running: dict[str, subprocess.Popen] = {}
+    codes: dict[str, int] = {}
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    while pending or running:
+        for name in list(pending):
+            dependency = DEPENDS_ON.get(name)
+            blocked = dependency is not None and (
+                dependency in pending or dependency in running or not finished(out, dependency)
+            )
+            if blocked and dependency not in pending and dependency not in running:
+                pending.remove(name)  # its dependency failed
+                codes[name] = -1
+                continue
+            if len(running) < parallel and not blocked:
+                command = list(commands[name])
+                if (out / name).is_dir() and any((out / name).iterdir()):
+                    if not resume:
+                        raise SystemExit(f"{out / name} holds an unfinished run: rerun with --resume to continue it")
+                    command.append("--resume")
+                print(f"[{time.strftime('%H:%M:%S')}] start {name}: {shlex.join(command)}", flush=True)
+                log = open(out / f"{name}.log", "a")
+                running[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                pending.remove(name)
+        for name, process in list(running.items()):
+            if process.poll() is not None:
+                codes[name] = process.returncode
+                print(f"[{time.strftime('%H:%M:%S')}] {name} exited with {process.returncode}", flush=True)
+                del running[name]
+        time.sleep(5)
+    return codes
+
+
+def gap_closed(joint: Optional[float], baseline: Optional[float], ceiling: Optional[float]) -> Optional[float]:
+    """The fraction of the gap from the Laplace baseline's joint coherence to the ceiling closed."""
+    if joint is None or baseline is None or ceiling is None or ceiling <= baseline:
+        return None
+    return (joint - baseline) / (ceiling - baseline)
+
+
+def plot_energy_gaps(out: Path, names: list[str]) -> Optional[Path]:
+    """The per-epoch energy gap ``E_q[f] − E_p[f]`` of each EBM run, saved as ``<out>/energy_gap.png``."""
+    figure = Figure(figsize=(5.5, 3.2), layout="constrained")
+    ax = figure.subplots()
+    plotted = False
+    for name in names:
+        metrics = out / name / "metrics.json"
+        if not metrics.is_file():
+            continue
+        history = json.loads(metrics.read_text())
+        points = [(r["epoch"] + 1, r["energy_gap"]) for r in history if "energy_gap" in r]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=name)
+            plotted = True
+    if not plotted:
+        return None
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(r"$E_q[f] - E_{p_\alpha}[f]$ (epoch mean)")
+    ax.legend()
+    path = out / "energy_gap.png"
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def report(commands: dict[str, list[str]], out: Path) -> dict[str, Any]:
+    """The table of every finished run, written as ``protocol.md`` and ``protocol.json``."""
+    results = {name: json.loads((out / name / RESULTS_NAME).read_text()) for name in commands if finished(out, name)}
+    baseline = {"ebm": "laplace", "two_stage": "laplace", "ebm_private": "laplace_private"}
+    rows = []
+    for name, result in results.items():
+        row = summary_row(name, result)
+        reference = results.get(baseline.get(name, name), {})
+        row["gap_closed"] = gap_closed(
+            result.get("joint_coherence"), reference.get("joint_coherence"), reference.get("aggregate_posterior_coherence")
+        )
+        history = result.get("history", [])
+        row["epochs"] = len(history)
+        row["steps"] = sum(r.get("steps") or 0 for r in history)
+        row["energy_gap_end"] = result.get("energy_overlap", {}).get("gap")
+        rows.append(row)
+    accuracies = next((r["classifier_accuracy"] for r in results.values() if "classifier_accuracy" in r), {})
+    lines = [format_table(rows), ""]
+    if accuracies:
+        lines.append("Classifier test accuracy: " + ", ".join(f"{n} {a:.3f}" for n, a in accuracies.items()))
+    lines += ["", "Commands (`OMP_NUM_THREADS=1`, from the repository root):", ""]
+    lines += [f"- `{name}`: `{shlex.join(['python', 'examples/polymnist.py', *commands[name][2:]])}`" for name in results]
+    table = "\n".join(lines) + "\n"
+    (out / "protocol.md").write_text(table)
+    summary = {"rows": rows, "classifier_accuracy": accuracies, "commands": {n: commands[n][1:] for n in results}}
+    save_results_json(summary, out / "protocol.json")
+    plot_energy_gaps(out, [name for name in results if "ebm" in name or "two_stage" in name])
+    print(table)
+    return summary
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    commands = run_commands(args)
+    if args.runs:
+        commands = {name: commands[name] for name in args.runs}
+    epochs = {name: args.two_stage_epochs if name == "two_stage" else args.epochs for name in commands}
+    codes = schedule(commands, out, parallel=args.parallel, resume=args.resume, epochs=epochs)
+    failed = {name: code for name, code in codes.items() if code != 0}
+    if failed:
+        print(f"runs that did not finish: {failed} (see <out>/<name>.log)", flush=True)
+    return report(commands, out)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results/polymnist_protocol")
+    parser.add_argument("--data-root", default="./data/PolyMNIST", help="generated here on first use")
+    parser.add_argument("--source-root", default="../shared/data")
+    parser.add_argument("--cache-dir", default="./data/cache")
+    parser.add_argument("--runs", nargs="+", help="only these runs (default: all)")
+    parser.add_argument("--private", action="store_true", help="add the private-latent pair")
+    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epoch-size", type=int, help="training tuples per epoch (default: all 60,000)")
+    parser.add_argument("--ebm-options", default="", help="extra options of the EBM runs, e.g. '--prior-lr 2e-5'")
+    parser.add_argument("--two-stage-epochs", type=int, default=3)
+    parser.add_argument("--eval-size", type=int, default=2000)
+    parser.add_argument("--joint-samples", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
+    parser.add_argument("--resume", action="store_true", help="continue unfinished runs")
+    main(parser.parse_args())
