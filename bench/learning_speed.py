@@ -8,6 +8,8 @@ The curve is written after every evaluation to ``<out>/<name>.json``, so nothing
 
     OMP_NUM_THREADS=1 python bench/learning_speed.py --name today --encoder-hidden 512 --decoder-output sigmoid
     OMP_NUM_THREADS=1 python bench/learning_speed.py --name mopoe_nets --encoder-hidden 0 --decoder-output identity
+    OMP_NUM_THREADS=1 python bench/learning_speed.py --name unimodal_m0_bs32 --modalities m0 --batch-size 32 --steps 4000
+    python bench/learning_speed.py --table    # the table of every curve measured
 """
 
 from __future__ import annotations
@@ -66,15 +68,18 @@ def main(args: argparse.Namespace) -> None:
     test_set = PolyMNIST(args.data_root, train=False, generate_from=(args.source_root, f"{args.source_root}/PolyMNIST/backgrounds"))
     train_x, train_y = train_set.tensors()
     test_x, test_y = test_set.tensors()
+    modalities = args.modalities or list(train_set.modalities)
+    train_x = {name: train_x[name] for name in modalities}
+    test_x = {name: test_x[name] for name in modalities}
     eval_x, eval_y = strided(test_x, test_y, args.eval_size)
     probe_x, probe_y = strided(train_x, train_y, 2000)
     eval_loader = InMemoryBatches(eval_x, eval_y, 250, shuffle=False)
     probe_loader = InMemoryBatches(probe_x, probe_y, 250, shuffle=False)
 
     d = args.latent_dim
-    encoders = {name: PolyMNISTEncoder(d, hidden_dim=args.encoder_hidden, scale_activation="softmax") for name in train_set.modalities}
-    decoders = {name: PolyMNISTDecoder(d, output=args.decoder_output) for name in train_set.modalities}
-    likelihoods = {name: Likelihood("laplace", 0.75) for name in train_set.modalities}
+    encoders = {name: PolyMNISTEncoder(d, hidden_dim=args.encoder_hidden, scale_activation=args.scale_activation) for name in modalities}
+    decoders = {name: PolyMNISTDecoder(d, output=args.decoder_output) for name in modalities}
+    likelihoods = {name: Likelihood("laplace", args.likelihood_scale) for name in modalities}
     model = MultimodalVAE(decoders, likelihoods, PRIORS[args.prior](d))
     guide = MixtureOfExpertsGuide(encoders, d)
     params = list(model.parameters()) + list(guide.parameters())
@@ -97,12 +102,12 @@ def main(args: argparse.Namespace) -> None:
             if step % args.eval_every == 0 or step == args.steps:
                 model.eval(), guide.eval()
                 classifiers = classifiers or load_classifiers(args.classifier_dir, train_x, train_y, test_x, test_y)
-                cross = cross_coherence(model, guide, classifiers, eval_loader, max_source_size=1)
+                cross = cross_coherence(model, guide, classifiers, eval_loader, max_source_size=1) if len(modalities) > 1 else None
                 point = {
                     "step": step,
                     "seconds": time.perf_counter() - started,
                     "loss": sum(losses) / len(losses),
-                    "cross": cross.mean,
+                    "cross": cross.mean if cross is not None else None,
                     "self": self_coherence(model, guide, classifiers, eval_loader),
                     "probe": linear_probe_accuracy(guide, probe_loader, eval_loader)["all"],
                 }
@@ -111,19 +116,45 @@ def main(args: argparse.Namespace) -> None:
                 losses = []
                 print(json.dumps(point), flush=True)
                 (out / f"{args.name}.json").write_text(json.dumps({"settings": vars(args), "curve": curve}, indent=2))
+                if args.save:
+                    torch.save({"model": model.state_dict(), "guide": guide.state_dict()}, out / f"{args.name}.pt")
             if step == args.steps:
                 break
 
 
+NOT_SETTINGS = ("name", "steps", "eval_every", "save", "table", "out", "threads")
+
+
+def table(out: str) -> str:
+    """A markdown table of every curve in ``out``: the settings that differ from the defaults, then the
+    cross, self-reconstruction and probe accuracy at each evaluation, and the last training loss."""
+    rows = []
+    for path in sorted(Path(out).glob("*.json")):
+        run = json.loads(path.read_text())
+        settings = run["settings"]
+        changed = {k: v for k, v in settings.items() if k in DEFAULTS and k not in NOT_SETTINGS and v != DEFAULTS[k]}
+        curve = " · ".join(
+            f"{p['step']}: {'–' if p['cross'] is None else format(p['cross'], '.3f')}/{p['self']:.3f}/{p['probe']:.2f}"
+            for p in run["curve"]
+        )
+        label = ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
+        rows.append(f"| {settings['name']} | {label} | {curve} | {run['curve'][-1]['loss']:.0f} |")
+    header = "| run | settings (others: defaults) | step: cross/self/probe | last loss |\n|---|---|---|---|"
+    return "\n".join([header, *rows])
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--table", action="store_true", help="print the table of the curves in --out and stop")
+    parser.add_argument("--name")
     parser.add_argument("--data-root", default="../data/polymnist")
     parser.add_argument("--source-root", default="../shared/data")
     parser.add_argument("--classifier-dir", default="../runs/classifiers")
     parser.add_argument("--out", default="bench/results/learning_speed")
     parser.add_argument("--encoder-hidden", type=int, default=0)
     parser.add_argument("--decoder-output", default="identity", choices=["identity", "sigmoid"])
+    parser.add_argument("--scale-activation", default="softmax", choices=["softmax", "softplus", "exp"])
+    parser.add_argument("--likelihood-scale", type=float, default=0.75, help="scale of the Laplace likelihood")
     parser.add_argument("--prior", default="laplace")
     parser.add_argument("--latent-dim", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -132,6 +163,15 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-size", type=int, default=500)
+    parser.add_argument("--modalities", nargs="+", help="train on these modalities only (default: all five)")
+    parser.add_argument("--save", action="store_true", help="save the model and guide at every evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    main(parser.parse_args())
+    DEFAULTS = {action.dest: action.default for action in parser._actions}
+    args = parser.parse_args()
+    if args.table:
+        print(table(args.out))
+    elif args.name is None:
+        parser.error("--name is required to train")
+    else:
+        main(args)

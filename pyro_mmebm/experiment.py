@@ -160,6 +160,7 @@ class ExperimentConfig:
     batch_size: int = 128
     epoch_size: Optional[int] = None
     lr: float = 1e-3
+    amsgrad: bool = False
     prior_lr: float = 1e-4
     grad_clip: Optional[float] = None
     max_energy_gap: float = 1e3
@@ -190,7 +191,7 @@ class ExperimentConfig:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            epochs=self.epochs, lr=self.lr, prior_lr=self.prior_lr, grad_clip=self.grad_clip,
+            epochs=self.epochs, lr=self.lr, amsgrad=self.amsgrad, prior_lr=self.prior_lr, grad_clip=self.grad_clip,
             max_energy_gap=self.max_energy_gap, seed=self.seed, prior_warmup_epochs=self.ebm_warmup_epochs,
         )
 
@@ -825,6 +826,7 @@ def add_arguments(parser, *, dataset_defaults: Mapping[str, Any]) -> None:
     option("--batch-size", "batch_size", int, "training batch size")
     option("--epoch-size", "epoch_size", int, "training examples per epoch (default: all)")
     option("--lr", "lr", float, "learning rate of encoders and decoders")
+    parser.add_argument("--amsgrad", action="store_true", help="AMSGrad for encoders and decoders (as MMVAE)")
     option("--prior-lr", "prior_lr", float, "learning rate of the prior")
     option("--grad-clip", "grad_clip", float, "clip the gradient norm")
     option("--max-energy-gap", "max_energy_gap", float, "stop when |E_q f - E_p f| exceeds this")

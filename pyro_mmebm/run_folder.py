@@ -152,7 +152,8 @@ def _interrupted_message(out: Path) -> str:
 def exit_cleanly_on_interrupt(out: str | os.PathLike) -> Iterator[None]:
     """For a training program's ``main``: on Ctrl-C or SIGTERM inside the block, print one line
     saying which epoch is saved in ``out`` and how to resume, and exit with status ``128 + signal``
-    without a traceback.
+    without a traceback. A run folder refused (another run there, a resume with other settings, a
+    damaged checkpoint) likewise ends with its one-line reason and status 2.
 
     SIGTERM (sent by ``kill``, job schedulers, containers stopping) is turned into the same
     ``KeyboardInterrupt`` as Ctrl-C while the block runs; checkpoints are written atomically, so an
@@ -170,6 +171,9 @@ def exit_cleanly_on_interrupt(out: str | os.PathLike) -> Iterator[None]:
     except KeyboardInterrupt:
         print(_interrupted_message(Path(out)), file=sys.stderr)
         raise SystemExit(128 + received[0]) from None
+    except (ExistingRunError, ResumeMismatchError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 

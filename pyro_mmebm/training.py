@@ -31,6 +31,7 @@ class TrainConfig:
 
     :param epochs: passes over the training data.
     :param lr, betas: Adam for the encoders and decoders.
+    :param amsgrad: AMSGrad's variant of Adam for them (MMVAE's optimiser).
     :param prior_lr, prior_betas: Adam for the EBM prior's energy network ``f_α``.
     :param grad_clip: clip the global gradient norm to this value (``None``: no clipping).
     :param prior_warmup_epochs: train with the prior's base ``p0`` for these first epochs before the
@@ -45,6 +46,7 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
+    amsgrad: bool = False
     prior_lr: float = 1e-4
     prior_betas: tuple[float, float] = (0.5, 0.999)
     grad_clip: Optional[float] = None
@@ -66,7 +68,7 @@ def make_optimizer(model: nn.Module, guide: nn.Module, config: TrainConfig) -> t
     prior_params = list(energy.parameters()) if isinstance(energy, nn.Module) else []
     prior_ids = {id(p) for p in prior_params}
     vae_params = [p for p in list(model.parameters()) + list(guide.parameters()) if id(p) not in prior_ids]
-    groups = [{"params": vae_params, "lr": config.lr, "betas": config.betas, "name": "vae"}]
+    groups = [{"params": vae_params, "lr": config.lr, "betas": config.betas, "amsgrad": config.amsgrad, "name": "vae"}]
     if prior_params:
         groups.append(
             {"params": prior_params, "lr": config.prior_lr, "betas": config.prior_betas, "name": "prior"}

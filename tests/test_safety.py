@@ -170,6 +170,19 @@ def test_interrupted_run_says_what_is_saved_and_how_to_resume(tmp_path, signum):
     assert f"is saved in {out}" in message and "--resume" in message
 
 
+def test_example_refusing_its_out_folder_says_why_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [sys.executable, str(ROOT / "examples" / "polymnist.py"), "--smoke", "--epochs", "1", "--prior",
+               "laplace", "--out", str(out)]
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    (message,) = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert "--resume" in message and "--overwrite" in message
+
+
 # --- impossible settings -------------------------------------------------------------------------------
 
 

@@ -86,9 +86,11 @@ def test_prior_gets_its_own_learning_rate_and_betas():
     from pyro_mmebm.training import make_optimizer
 
     model, guide = build(EnergyBasedPrior(2, 16, 2))
-    optimizer = make_optimizer(model, guide, TrainConfig(lr=1e-3, prior_lr=1e-5, prior_betas=(0.1, 0.9)))
+    config = TrainConfig(lr=1e-3, amsgrad=True, prior_lr=1e-5, prior_betas=(0.1, 0.9))
+    optimizer = make_optimizer(model, guide, config)
     vae, prior = optimizer.param_groups
     assert prior["lr"] == 1e-5 and prior["betas"] == (0.1, 0.9) and vae["lr"] == 1e-3
+    assert vae["amsgrad"] and not prior["amsgrad"]
     assert {id(p) for p in prior["params"]} == {id(p) for p in model.prior.energy.parameters()}
     n_all = len(list(model.parameters())) + len(list(guide.parameters()))
     assert len(vae["params"]) + len(prior["params"]) == n_all
