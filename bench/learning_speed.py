@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> None:
     d = args.latent_dim
     encoders = {name: PolyMNISTEncoder(d, hidden_dim=args.encoder_hidden, scale_activation=args.scale_activation) for name in modalities}
     decoders = {name: PolyMNISTDecoder(d, output=args.decoder_output) for name in modalities}
-    likelihoods = {name: Likelihood("laplace", args.likelihood_scale) for name in modalities}
+    likelihoods = {name: Likelihood(args.likelihood, args.likelihood_scale) for name in modalities}
     model = MultimodalVAE(decoders, likelihoods, PRIORS[args.prior](d))
     guide = MixtureOfExpertsGuide(encoders, d)
     params = list(model.parameters()) + list(guide.parameters())
@@ -154,7 +154,8 @@ if __name__ == "__main__":
     parser.add_argument("--encoder-hidden", type=int, default=0)
     parser.add_argument("--decoder-output", default="identity", choices=["identity", "sigmoid"])
     parser.add_argument("--scale-activation", default="softmax", choices=["softmax", "softplus", "exp"])
-    parser.add_argument("--likelihood-scale", type=float, default=0.75, help="scale of the Laplace likelihood")
+    parser.add_argument("--likelihood", default="laplace", choices=["laplace", "normal"])
+    parser.add_argument("--likelihood-scale", type=float, default=0.75, help="scale of the likelihood")
     parser.add_argument("--prior", default="laplace")
     parser.add_argument("--latent-dim", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
