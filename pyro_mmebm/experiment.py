@@ -850,22 +850,6 @@ def config_from_args(dataset: str, args) -> ExperimentConfig:
     return ExperimentConfig(dataset=dataset, **{k: v for k, v in vars(args).items() if k in names})
 
 
-def load_run(
-    run_dir: str | Path, device: Optional[torch.device] = None
-) -> tuple[ExperimentConfig, nn.Module, nn.Module, Dataset, Dataset]:
-    """``(config, model, guide, train_set, test_set)`` of a run directory written by :func:`run`.
-
-    Model and guide are rebuilt from ``experiment.json``, loaded from ``checkpoint.pt`` and put in
-    eval mode on ``device`` (default: the GPU when there is one, else the CPU).
-    """
-    config = load_experiment_config(run_dir)
-    device = device or select_device()
-    train_set, test_set = build_datasets(config)
-    model, guide = build_model_and_guide(config, train_set)
-    load_checkpoint(run_dir, {"model": model, "guide": guide}, map_location=device)
-    return config, model.to(device).eval(), guide.to(device).eval(), train_set, test_set
-
-
 __all__ = [
     "DATASETS",
     "DatasetSpec",
@@ -880,7 +864,6 @@ __all__ = [
     "evaluate",
     "fit_prior_to_posterior",
     "load_experiment_config",
-    "load_run",
     "load_run",
     "run",
     "smoke_config",
