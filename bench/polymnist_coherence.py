@@ -55,8 +55,7 @@ def run_or_load(config: ExperimentConfig) -> dict[str, Any]:
     results_path = Path(config.out) / RESULTS_NAME
     if results_path.is_file():
         return json.loads(results_path.read_text())
-    resume = (Path(config.out) / "checkpoint.pt").is_file()
-    results = run(dataclasses.replace(config, resume=resume))
+    results = run(dataclasses.replace(config, resume=True))  # a folder without a run simply starts
     return json.loads(results_path.read_text()) if results_path.is_file() else results
 
 
