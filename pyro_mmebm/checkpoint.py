@@ -297,6 +297,59 @@ def resume_state(
     return state["history"], state["epoch"] + 1
 
 
+def start_from_other_prior(
+    path: str | os.PathLike,
+    model: nn.Module,
+    guide: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    map_location: Any = "cpu",
+) -> tuple[list[dict], int]:
+    """Continue a run with another prior: ``(history, first epoch to run)`` from the checkpoint at
+    ``path`` of a run whose model differs from ``model`` in its prior only.
+
+    Encoders, decoders, the state of the optimiser's first parameter group (the VAE's, which holds
+    the same parameters in the same order whatever the prior) and the random state are restored;
+    the prior keeps its own initial weights and a fresh optimiser state. An EBM run with a warm-up
+    of ``W`` epochs repeats a Laplace run of the same seed exactly for those epochs, so starting it
+    from that run's epoch-``W`` checkpoint gives the same run without paying for the warm-up, and
+    several EBM recipes can fork from one warm-up.
+
+    :raises CheckpointError: when the checkpoint's model or guide differs from ``model``/``guide``
+        outside the prior, or its optimiser state does not fit the first parameter group.
+    """
+    payload = read_checkpoint(path, map_location=map_location)
+    path = _checkpoint_file(path)
+    for name, module in (("model", model), ("guide", guide)):
+        stored = payload["modules"].get(name)
+        if stored is None:
+            raise CheckpointError(f"{path} holds no {name}")
+        own = module.state_dict()
+        differing = sorted(
+            key for key in set(stored) ^ set(own) if not key.startswith("prior.")
+        ) + sorted(
+            key for key in set(stored) & set(own)
+            if not key.startswith("prior.") and stored[key].shape != own[key].shape
+        )
+        if differing:
+            raise CheckpointError(f"{path}: its {name} differs from this one outside the prior: {differing[:5]}")
+        module.load_state_dict({**own, **{k: v for k, v in stored.items() if not k.startswith("prior.")}})
+    stored_optimizer = payload["optimizer"]
+    state = optimizer.state_dict()
+    first = state["param_groups"][0]["params"]
+    stored_first = stored_optimizer["param_groups"][0]["params"]
+    if len(first) != len(stored_first):
+        raise CheckpointError(
+            f"{path}: its optimiser's first group has {len(stored_first)} parameters, this one {len(first)}"
+        )
+    state["state"] = {
+        new: stored_optimizer["state"][old] for new, old in zip(first, stored_first) if old in stored_optimizer["state"]
+    }
+    optimizer.load_state_dict(state)
+    _set_rng_state(payload["rng"])
+    return payload["history"], payload["epoch"] + 1
+
+
 def upgrade_checkpoint(path: str | os.PathLike) -> Path:
     """Rewrite a checkpoint of an earlier format (:data:`LEGACY_FORMATS`) in the current one, in place.
 
@@ -330,5 +383,6 @@ __all__ = [
     "read_checkpoint",
     "resume_state",
     "save_checkpoint",
+    "start_from_other_prior",
     "upgrade_checkpoint",
 ]

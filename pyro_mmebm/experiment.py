@@ -125,7 +125,8 @@ class ExperimentConfig:
     ``joint_samples`` prior samples, ``probe_train_size`` training examples for the linear probe,
     ``max_source_size`` (largest source subset for cross coherence), ``classifier_epochs``.
 
-    Two-stage: ``two_stage_from`` (a run directory) and ``two_stage_epochs``. ``extra``: free-form
+    Two-stage: ``two_stage_from`` (a run directory) and ``two_stage_epochs``. ``start_from``: a
+    checkpoint of a run that differs in its prior only, to start from (see :func:`pyro_mmebm.fit`). ``extra``: free-form
     notes kept with the run.
 
     The run's folder: ``resume`` continues the run in ``out``; ``overwrite`` deletes the run there
@@ -173,6 +174,7 @@ class ExperimentConfig:
     max_source_size: Optional[int] = None
     classifier_epochs: int = 4
     two_stage_from: Optional[str] = None
+    start_from: Optional[str] = None
     two_stage_epochs: int = 5
     smoke: bool = False
     resume: bool = False
@@ -766,7 +768,7 @@ def run(config: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
         model, guide = build_model_and_guide(config, train_set)
         history = fit(
             model, guide, loader, config.train_config(), elbo=build_objective(config), out_dir=out,
-            resume=config.resume, device=device, progress=progress,
+            resume=config.resume, start_from=config.start_from, device=device, progress=progress,
         )
     results = {"config": config.to_dict(), "history": history, "train_seconds": sum(r["seconds"] for r in history)}
     results.update(evaluate(config, model, guide, train_set, test_set, device, progress))
@@ -837,6 +839,10 @@ def add_arguments(parser, *, dataset_defaults: Mapping[str, Any]) -> None:
     option("--max-source-size", "max_source_size", int, "largest source subset for cross coherence")
     option("--classifier-epochs", "classifier_epochs", int, "epochs of the coherence classifiers")
     option("--two-stage-from", "two_stage_from", str, "fit an EBM prior to this trained run's posterior")
+    option(
+        "--start-from", "start_from", str,
+        "start from this checkpoint of a run differing in its prior only (e.g. a Laplace run at the end of the EBM warm-up)",
+    )
     option("--two-stage-epochs", "two_stage_epochs", int, "epochs of the two-stage prior fit")
     run_folder = parser.add_mutually_exclusive_group()
     run_folder.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyro_mmebm.batch import prepare_batch, split_batch
-from pyro_mmebm.checkpoint import atomic_save_json, resume_state, save_checkpoint
+from pyro_mmebm.checkpoint import atomic_save_json, resume_state, save_checkpoint, start_from_other_prior
 
 
 @dataclass
@@ -144,6 +144,7 @@ def fit(
     val_loader: Optional[Iterable] = None,
     out_dir: Optional[str | Path] = None,
     resume: bool = False,
+    start_from: Optional[str | Path] = None,
     device: Optional[torch.device] = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -154,8 +155,10 @@ def fit(
     checkpoint (``checkpoint.pt``, ``config.json``, ``metrics.json``); with ``resume=True`` training
     continues from the checkpoint there, optimiser and random state included, so an interrupted run
     loses at most the epoch in progress; without it, an ``out_dir`` holding a checkpoint is refused
-    (:class:`~pyro_mmebm.checkpoint.ExistingRunError`). Batches are checked and converted once, as
-    they enter (:func:`~pyro_mmebm.batch.prepare_batch`).
+    (:class:`~pyro_mmebm.checkpoint.ExistingRunError`). ``start_from`` (a checkpoint of a run that
+    differs in its prior only, e.g. a Laplace run's epoch at the end of an EBM warm-up) starts a run
+    that has no checkpoint of its own there (:func:`~pyro_mmebm.checkpoint.start_from_other_prior`).
+    Batches are checked and converted once, as they enter (:func:`~pyro_mmebm.batch.prepare_batch`).
     """
     device = device or next(model.parameters()).device
     model.to(device)
@@ -167,6 +170,8 @@ def fit(
     history, start_epoch = resume_state(
         out_dir, {"model": model, "guide": guide}, optimizer, resume=resume, map_location=device
     )
+    if start_from is not None and not history:
+        history, start_epoch = start_from_other_prior(start_from, model, guide, optimizer, map_location=device)
     monitor = getattr(getattr(model, "prior", None), "monitor", None)
     step_size = getattr(getattr(model, "prior", None), "step_size", None)
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -104,6 +104,18 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed["cross_coherence"].to_dict() == straight["cross_coherence"].to_dict()
 
 
+def test_ebm_run_starts_from_the_laplace_run_at_the_end_of_its_warmup(tmp_path):
+    laplace = dataclasses.replace(_smoke(tmp_path, "laplace", epochs=1), prior="laplace")
+    run(laplace, progress=False)
+    ebm = dataclasses.replace(
+        _smoke(tmp_path, "ebm", epochs=2), ebm_warmup_epochs=1, start_from=str(Path(laplace.out) / CHECKPOINT_NAME)
+    )
+    results = run(ebm, progress=False)
+    laplace_history = json.loads((Path(laplace.out) / "metrics.json").read_text())
+    assert results["history"][0]["loss"] == laplace_history[0]["loss"]  # the warm-up epoch, taken over
+    assert "energy_gap" in results["history"][1]
+
+
 def test_checkpoint_of_killed_run_loads_and_resumes(tmp_path):
     config = _smoke(tmp_path, "killed", epochs=2)
     out = Path(config.out)

@@ -156,3 +156,36 @@ def test_generation_runs_its_own_number_of_langevin_steps(monkeypatch):
     prior().sample((5,))
     prior().log_prob(torch.zeros(4, 2, requires_grad=True))
     assert steps == [11, 3]  # generation, then the training negatives
+
+
+def _warm_up_then_ebm(tmp_path, name, epochs, start_from=None, laplace=False):
+    data, labels = clustered_pairs(256, seed=0)
+    torch.manual_seed(0)
+    decoders = {k: MLPDecoder(2, (8,), hidden=(64,), output="identity") for k in "ab"}
+    encoders = {k: MLPEncoder((8,), 2, hidden=(64,)) for k in "ab"}
+    torch.manual_seed(1)  # the prior's own weights, the same whatever came before
+    prior = LaplacePrior(2) if laplace else EnergyBasedPrior(2, 16, 2, num_steps=3)
+    model = MultimodalVAE(decoders, {k: Likelihood("normal", 0.1) for k in "ab"}, prior)
+    guide = MixtureOfExpertsGuide(encoders, 2)
+    config = TrainConfig(epochs=epochs, prior_warmup_epochs=1, seed=3)
+    history = fit(model, guide, batches(data, labels), config, out_dir=tmp_path / name, start_from=start_from, progress=False)
+    return model, history
+
+
+def test_an_ebm_run_started_from_the_laplace_run_at_the_end_of_its_warmup_is_the_same_run(tmp_path):
+    straight, straight_history = _warm_up_then_ebm(tmp_path, "ebm", 2)
+    _warm_up_then_ebm(tmp_path, "laplace", 1, laplace=True)
+    forked, forked_history = _warm_up_then_ebm(tmp_path, "fork", 2, start_from=tmp_path / "laplace")
+    assert [r["loss"] for r in forked_history] == [r["loss"] for r in straight_history]
+    for (name, p), q in zip(straight.named_parameters(), forked.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_starting_from_a_run_with_other_networks_is_refused(tmp_path):
+    from pyro_mmebm.checkpoint import CheckpointError
+
+    _warm_up_then_ebm(tmp_path, "laplace", 1, laplace=True)
+    data, labels = clustered_pairs(64, seed=0)
+    model, guide = build(EnergyBasedPrior(3, 16, 2), d=3)
+    with pytest.raises(CheckpointError, match="differs from this one outside the prior"):
+        fit(model, guide, batches(data, labels), TrainConfig(epochs=1), start_from=tmp_path / "laplace", progress=False)
