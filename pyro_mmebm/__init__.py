@@ -1,11 +1,18 @@
 """pyro_mmebm: multimodal latent generative models with an energy-based prior, in Pyro."""
 
 from pyro_mmebm import _torchvision  # noqa: F401  (first: makes torchvision importable everywhere)
-from pyro_mmebm.distributions import StratifiedMixtureOfExperts, TiltedLaplace
-from pyro_mmebm.energy import EnergyMLP
-from pyro_mmebm.langevin import LangevinDivergenceError, PersistentChains, langevin_run, langevin_sample
+from pyro_mmebm.distributions import StratifiedMixtureOfExperts
+from pyro_mmebm.ebm import (
+    EBMDivergenceError,
+    EnergyGapMonitor,
+    EnergyMLP,
+    LangevinDivergenceError,
+    PersistentChains,
+    TiltedLaplace,
+    langevin_run,
+    langevin_sample,
+)
 from pyro_mmebm.likelihoods import Likelihood
-from pyro_mmebm.monitoring import EBMDivergenceError, EnergyGapMonitor
 from pyro_mmebm.priors import PRIORS, EnergyBasedPrior, LaplacePrior, NormalPrior, SoftmaxScaleLaplacePrior
 from pyro_mmebm.training import TrainConfig, evaluate_loss, fit
 

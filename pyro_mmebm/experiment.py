@@ -61,7 +61,7 @@ from pyro_mmebm.evaluation.coherence import (
     sample_mixture,
     save_results_json,
 )
-from pyro_mmebm.langevin import langevin_sample
+from pyro_mmebm.ebm.langevin import langevin_sample
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.networks import ARCHITECTURES, CAPTION_LENGTH
 from pyro_mmebm.objectives import OBJECTIVES, SubsampledELBO

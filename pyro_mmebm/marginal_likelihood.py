@@ -48,8 +48,8 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 
 from pyro_mmebm.batch import split_batch
-from pyro_mmebm.distributions import TiltedLaplace
-from pyro_mmebm.langevin import log_density_and_grad
+from pyro_mmebm.ebm import TiltedLaplace
+from pyro_mmebm.ebm.langevin import log_density_and_grad
 
 
 def sigmoid_schedule(num_temperatures: int, sharpness: float = 4.0) -> Tensor:
@@ -258,7 +258,7 @@ def evaluate_log_likelihood(
     """Test log-likelihood over a data loader, for an EBM prior (pass its ``ais``) or a normalised one.
 
     :param ais: the :func:`annealed_importance_sampling` result of ``model.prior()``; required when
-        the prior is a :class:`~pyro_mmebm.distributions.TiltedLaplace`, refused otherwise.
+        the prior is a :class:`~pyro_mmebm.ebm.TiltedLaplace`, refused otherwise.
     """
     is_ebm = isinstance(model.prior(), TiltedLaplace)
     if is_ebm != (ais is not None):

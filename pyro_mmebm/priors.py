@@ -24,11 +24,10 @@ from pyro.distributions import Laplace, Normal, TorchDistribution
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_mmebm.distributions import TiltedLaplace
-from pyro_mmebm.distributions.tilted_laplace import BASES
-from pyro_mmebm.energy import EnergyMLP
-from pyro_mmebm.langevin import PersistentChains
-from pyro_mmebm.monitoring import EnergyGapMonitor
+from pyro_mmebm.ebm.energy import EnergyMLP
+from pyro_mmebm.ebm.langevin import PersistentChains
+from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
+from pyro_mmebm.ebm.tilted_laplace import BASES, TiltedLaplace
 
 
 class _StandardBase(nn.Module):
@@ -91,7 +90,7 @@ class NormalPrior(_StandardBase):
 class EnergyBasedPrior(_StandardBase):
     """The EBM prior ``p_α(z) ∝ exp(f_α(z)) p0(z)`` with ``f_α`` an :class:`EnergyMLP`.
 
-    Returns a :class:`~pyro_mmebm.distributions.TiltedLaplace`. The defaults are the recipe that
+    Returns a :class:`~pyro_mmebm.ebm.TiltedLaplace`. The defaults are the recipe that
     stayed stable on real data (see the README's stability section): a magnitude penalty ``λ = 0.1``
     on ``f_α`` with step size 0.3 (suited to a unit-scale base), 50 Langevin steps.
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy import stats
 
-from pyro_mmebm.energy import EnergyMLP
-from pyro_mmebm.langevin import LangevinDivergenceError, PersistentChains, langevin_run, langevin_sample
+from pyro_mmebm.ebm.energy import EnergyMLP
+from pyro_mmebm.ebm.langevin import LangevinDivergenceError, PersistentChains, langevin_run, langevin_sample
 from tests.reference import grid_1d, grid_2d, laplace_log_density, weights
 
 NUM_CHAINS = 10000

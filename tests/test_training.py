@@ -145,7 +145,7 @@ def test_warmup_trains_with_the_base_prior_then_switches_the_tilt_on():
 
 
 def test_generation_runs_its_own_number_of_langevin_steps(monkeypatch):
-    from pyro_mmebm.distributions import tilted_laplace
+    from pyro_mmebm.ebm import tilted_laplace
 
     prior = EnergyBasedPrior(2, 16, 2, num_steps=3, generation_steps=11)
     steps = []

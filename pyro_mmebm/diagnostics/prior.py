@@ -33,8 +33,8 @@ from pyro.infer.mcmc import MCMC, NUTS
 from scipy import stats
 from torch import Tensor
 
-from pyro_mmebm.distributions import TiltedLaplace
-from pyro_mmebm.langevin import LangevinDivergenceError, LangevinRun, langevin_run
+from pyro_mmebm.ebm import TiltedLaplace
+from pyro_mmebm.ebm.langevin import LangevinDivergenceError, LangevinRun, langevin_run
 
 ArrayLike = Union[Tensor, np.ndarray]
 
@@ -63,7 +63,7 @@ def prior_chains(
 
     :param prior: the EBM prior (``model.prior()``), batch shape ``()``.
     :param num_steps, step_size: ``K`` and ``s``; default the prior's own.
-    :returns: a recorded :class:`~pyro_mmebm.langevin.LangevinRun`, ``states`` of shape
+    :returns: a recorded :class:`~pyro_mmebm.ebm.langevin.LangevinRun`, ``states`` of shape
         ``(K + 1, num_chains, d)``.
     """
     _check_unbatched(prior)

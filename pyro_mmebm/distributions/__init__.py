@@ -1,6 +1,9 @@
-"""Distributions of the library, written as Pyro ``TorchDistribution`` subclasses."""
+"""Distributions of the library, written as Pyro ``TorchDistribution`` subclasses.
+
+The EBM prior's distribution, :class:`~pyro_mmebm.ebm.TiltedLaplace`, lives with the rest of the
+EBM prior in :mod:`pyro_mmebm.ebm`.
+"""
 
 from pyro_mmebm.distributions.stratified_mixture import StratifiedMixtureOfExperts
-from pyro_mmebm.distributions.tilted_laplace import TiltedLaplace
 
-__all__ = ["StratifiedMixtureOfExperts", "TiltedLaplace"]
+__all__ = ["StratifiedMixtureOfExperts"]

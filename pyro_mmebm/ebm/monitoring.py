@@ -21,7 +21,7 @@ class EBMDivergenceError(FloatingPointError):
 class EnergyGapMonitor:
     """The last means of ``f_α`` on positive (posterior) and negative (Langevin) samples.
 
-    :class:`~pyro_mmebm.distributions.TiltedLaplace` records into it every time it draws negatives;
+    :class:`~pyro_mmebm.ebm.TiltedLaplace` records into it every time it draws negatives;
     values are kept as detached tensors so recording never forces a device synchronisation.
     """
 

@@ -9,9 +9,9 @@ from pyro.distributions import Laplace, Normal, TorchDistribution, constraints
 from torch import Tensor
 from torch.distributions.utils import broadcast_all
 
-from pyro_mmebm.energy import energy_parameters_require_grad
-from pyro_mmebm.langevin import LangevinDivergenceError, LogDensity, PersistentChains, langevin_sample
-from pyro_mmebm.monitoring import EnergyGapMonitor
+from pyro_mmebm.ebm.energy import energy_parameters_require_grad
+from pyro_mmebm.ebm.langevin import LangevinDivergenceError, LogDensity, PersistentChains, langevin_sample
+from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
 
 BASES = {"laplace": Laplace, "normal": Normal}
 
@@ -54,7 +54,7 @@ class TiltedLaplace(TorchDistribution):
         with Energy-Based Prior". [2] Pang, Han, Nijkamp, Zhu, Wu (2020) "Learning Latent Space
         Energy-Based Prior Model".
 
-    :param energy: ``f_α``, mapping ``(*batch, d)`` to ``(*batch,)`` (e.g. an :class:`~pyro_mmebm.energy.EnergyMLP`).
+    :param energy: ``f_α``, mapping ``(*batch, d)`` to ``(*batch,)`` (e.g. an :class:`~pyro_mmebm.ebm.energy.EnergyMLP`).
     :param Tensor loc: location of the base, shape ``(*batch, d)``.
     :param Tensor scale: scale of the base, shape ``(*batch, d)``.
     :param str base: ``"laplace"`` (default) or ``"normal"``.

@@ -1,0 +1,32 @@
+"""The energy-based prior ``p_α(z) ∝ exp(f_α(z)) p0(z)`` and everything it is made of.
+
+- :mod:`~pyro_mmebm.ebm.energy`: the energy network ``f_α`` (:class:`EnergyMLP`);
+- :mod:`~pyro_mmebm.ebm.langevin`: the short-run Langevin sampler and persistent chains;
+- :mod:`~pyro_mmebm.ebm.tilted_laplace`: the prior as a Pyro distribution (:class:`TiltedLaplace`);
+- :mod:`~pyro_mmebm.ebm.monitoring`: the energy gap watched during training.
+"""
+
+from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
+from pyro_mmebm.ebm.langevin import (
+    LangevinDivergenceError,
+    LangevinRun,
+    PersistentChains,
+    langevin_run,
+    langevin_sample,
+)
+from pyro_mmebm.ebm.monitoring import EBMDivergenceError, EnergyGapMonitor
+from pyro_mmebm.ebm.tilted_laplace import MAX_BASE_SCALES, TiltedLaplace
+
+__all__ = [
+    "ACTIVATIONS",
+    "EBMDivergenceError",
+    "EnergyGapMonitor",
+    "EnergyMLP",
+    "LangevinDivergenceError",
+    "LangevinRun",
+    "MAX_BASE_SCALES",
+    "PersistentChains",
+    "TiltedLaplace",
+    "langevin_run",
+    "langevin_sample",
+]
