@@ -4,6 +4,7 @@ from pyro_mmebm import _torchvision  # noqa: F401  (first: makes torchvision imp
 from pyro_mmebm.distributions import StratifiedMixtureOfExperts
 from pyro_mmebm.ebm import (
     EBMDivergenceError,
+    EnergyBasedPrior,
     EnergyGapMonitor,
     EnergyMLP,
     LangevinDivergenceError,
@@ -13,7 +14,7 @@ from pyro_mmebm.ebm import (
     langevin_sample,
 )
 from pyro_mmebm.likelihoods import Likelihood
-from pyro_mmebm.priors import PRIORS, EnergyBasedPrior, LaplacePrior, NormalPrior, SoftmaxScaleLaplacePrior
+from pyro_mmebm.priors import PRIORS, LaplacePrior, NormalPrior, SoftmaxScaleLaplacePrior
 from pyro_mmebm.training import TrainConfig, evaluate_loss, fit
 
 __version__ = "0.1.0"

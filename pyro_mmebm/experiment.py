@@ -61,11 +61,12 @@ from pyro_mmebm.evaluation.coherence import (
     sample_mixture,
     save_results_json,
 )
+from pyro_mmebm.ebm import EnergyBasedPrior
 from pyro_mmebm.ebm.langevin import langevin_sample
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.networks import ARCHITECTURES, CAPTION_LENGTH
 from pyro_mmebm.objectives import OBJECTIVES, SubsampledELBO
-from pyro_mmebm.priors import PRIORS, EnergyBasedPrior
+from pyro_mmebm.priors import PRIORS
 from pyro_mmebm.run_folder import RESUMES_KEY, claim_run_folder
 from pyro_mmebm.training import TrainConfig, end_epoch, evaluate_loss, fit
 

@@ -11,23 +11,20 @@ the model expands it over its plates. Swapping priors is one line in the model's
     prior = NormalPrior(latent_dim=20)                      # MVAE / MoPoE
 
 or, by name, ``PRIORS[name](latent_dim)``. Learnable priors train in the prior's parameter group of
-:func:`pyro_mmebm.fit` (``prior_lr``, ``prior_betas``).
+:func:`pyro_mmebm.fit` (``prior_lr``, ``prior_betas``). The Laplace and Normal priors are defined
+here, the EBM prior with the rest of the EBM in :mod:`pyro_mmebm.ebm`.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
 
 import torch
 from pyro.distributions import Laplace, Normal, TorchDistribution
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_mmebm.ebm.energy import EnergyMLP
-from pyro_mmebm.ebm.langevin import PersistentChains
-from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
-from pyro_mmebm.ebm.tilted_laplace import BASES, TiltedLaplace
+from pyro_mmebm.ebm import EnergyBasedPrior
 
 
 class _StandardBase(nn.Module):
@@ -85,70 +82,6 @@ class NormalPrior(_StandardBase):
 
     def forward(self) -> TorchDistribution:
         return Normal(self.loc, self.scale).to_event(1)
-
-
-class EnergyBasedPrior(_StandardBase):
-    """The EBM prior ``p_α(z) ∝ exp(f_α(z)) p0(z)`` with ``f_α`` an :class:`EnergyMLP`.
-
-    Returns a :class:`~pyro_mmebm.ebm.TiltedLaplace`. The defaults are the recipe that
-    stayed stable on real data (see the README's stability section): a magnitude penalty ``λ = 0.1``
-    on ``f_α`` with step size 0.3 (suited to a unit-scale base), 50 Langevin steps.
-
-    :param latent_dim: ``d``.
-    :param hidden_dim, depth, activation, spectral_norm: the :class:`EnergyMLP`.
-    :param base: ``"laplace"`` or ``"normal"`` for ``p0``.
-    :param num_steps, step_size: short-run Langevin ``K`` and ``s``.
-    :param regularisation: ``λ`` of the penalty ``λ (f(z)² + E f(z⁻)²)`` on ``f_α``'s magnitude.
-    :param persistent: continue the negative chains across training steps.
-    :param generation_steps: Langevin steps when sampling the prior for generation (default
-        ``num_steps``): short-run chains that suffice for the gradient may not reach the prior's modes.
-
-    Setting :attr:`tilted` to ``False`` makes the prior its base ``p0`` (``f_α`` unused and untrained):
-    :func:`~pyro_mmebm.fit` does so for ``TrainConfig.prior_warmup_epochs`` epochs.
-    """
-
-    def __init__(
-        self,
-        latent_dim: int,
-        hidden_dim: int = 200,
-        depth: int = 4,
-        activation: str = "gelu",
-        *,
-        base: str = "laplace",
-        num_steps: int = 50,
-        step_size: float = 0.3,
-        regularisation: float = 0.1,
-        persistent: bool = False,
-        spectral_norm: bool = False,
-        generation_steps: Optional[int] = None,
-    ) -> None:
-        super().__init__(latent_dim)
-        self.energy = EnergyMLP(latent_dim, hidden_dim, depth, activation, spectral_norm)
-        self.base = base
-        self.num_steps = num_steps
-        self.step_size = step_size
-        self.regularisation = regularisation
-        self.persistent_chains = PersistentChains() if persistent else None
-        self.monitor = EnergyGapMonitor()
-        self.generation_steps = generation_steps
-        self.tilted = True
-        self.forward()  # validates the settings now rather than at the first training step
-
-    def forward(self) -> TorchDistribution:
-        if not self.tilted:
-            return BASES[self.base](self.loc, self.scale).to_event(1)
-        return TiltedLaplace(
-            self.energy,
-            self.loc,
-            self.scale,
-            base=self.base,
-            num_steps=self.num_steps,
-            step_size=self.step_size,
-            regularisation=self.regularisation,
-            persistent_chains=self.persistent_chains,
-            monitor=self.monitor,
-            sample_steps=self.generation_steps,
-        )
 
 
 PRIORS = {

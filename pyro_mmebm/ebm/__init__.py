@@ -3,7 +3,8 @@
 - :mod:`~pyro_mmebm.ebm.energy`: the energy network ``f_α`` (:class:`EnergyMLP`);
 - :mod:`~pyro_mmebm.ebm.langevin`: the short-run Langevin sampler and persistent chains;
 - :mod:`~pyro_mmebm.ebm.tilted_laplace`: the prior as a Pyro distribution (:class:`TiltedLaplace`);
-- :mod:`~pyro_mmebm.ebm.monitoring`: the energy gap watched during training.
+- :mod:`~pyro_mmebm.ebm.monitoring`: the energy gap watched during training;
+- :mod:`~pyro_mmebm.ebm.prior`: the prior as a module (:class:`EnergyBasedPrior`), as a model uses it.
 """
 
 from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
@@ -15,11 +16,13 @@ from pyro_mmebm.ebm.langevin import (
     langevin_sample,
 )
 from pyro_mmebm.ebm.monitoring import EBMDivergenceError, EnergyGapMonitor
+from pyro_mmebm.ebm.prior import EnergyBasedPrior
 from pyro_mmebm.ebm.tilted_laplace import MAX_BASE_SCALES, TiltedLaplace
 
 __all__ = [
     "ACTIVATIONS",
     "EBMDivergenceError",
+    "EnergyBasedPrior",
     "EnergyGapMonitor",
     "EnergyMLP",
     "LangevinDivergenceError",
