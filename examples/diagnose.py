@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pyro_mmebm import TiltedLaplace
 from pyro_mmebm.checkpoint import atomic_save_json
 from pyro_mmebm.data import strided_subset
 from pyro_mmebm.device import select_device
@@ -43,9 +42,9 @@ from pyro_mmebm.diagnostics import (
     prior_chains,
     psis_khat,
 )
-from pyro_mmebm.evaluation.coherence import sample_mixture
+from pyro_mmebm.ebm import TiltedLaplace, annealed_importance_sampling
+from pyro_mmebm.evaluation import evaluate_log_likelihood, sample_mixture
 from pyro_mmebm.experiment import ExperimentConfig, load_run, run, smoke_config
-from pyro_mmebm.marginal_likelihood import annealed_importance_sampling, evaluate_log_likelihood
 
 
 def _table(frame) -> str:

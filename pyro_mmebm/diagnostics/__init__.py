@@ -6,7 +6,8 @@
   agreement, Pareto k̂.
 - :mod:`~pyro_mmebm.diagnostics.figures`: the Markov chain transition figure, histograms of ``f_α``.
 
-The normaliser ``log Z(α)`` and test log-likelihoods are in :mod:`pyro_mmebm.marginal_likelihood`.
+The normaliser ``log Z(α)`` is in :mod:`pyro_mmebm.ebm.ais`, test log-likelihoods in
+:mod:`pyro_mmebm.evaluation.log_likelihood`.
 """
 
 from pyro_mmebm.diagnostics.figures import plot_energy_histograms, plot_transitions

@@ -4,9 +4,11 @@
 - :mod:`~pyro_mmebm.ebm.langevin`: the short-run Langevin sampler and persistent chains;
 - :mod:`~pyro_mmebm.ebm.tilted_laplace`: the prior as a Pyro distribution (:class:`TiltedLaplace`);
 - :mod:`~pyro_mmebm.ebm.monitoring`: the energy gap watched during training;
-- :mod:`~pyro_mmebm.ebm.prior`: the prior as a module (:class:`EnergyBasedPrior`), as a model uses it.
+- :mod:`~pyro_mmebm.ebm.prior`: the prior as a module (:class:`EnergyBasedPrior`), as a model uses it;
+- :mod:`~pyro_mmebm.ebm.ais`: its normaliser ``log Z(α)`` by annealed importance sampling.
 """
 
+from pyro_mmebm.ebm.ais import AISResult, annealed_importance_sampling, sigmoid_schedule
 from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
 from pyro_mmebm.ebm.langevin import (
     LangevinDivergenceError,
@@ -21,6 +23,7 @@ from pyro_mmebm.ebm.tilted_laplace import MAX_BASE_SCALES, TiltedLaplace
 
 __all__ = [
     "ACTIVATIONS",
+    "AISResult",
     "EBMDivergenceError",
     "EnergyBasedPrior",
     "EnergyGapMonitor",
@@ -30,6 +33,8 @@ __all__ = [
     "MAX_BASE_SCALES",
     "PersistentChains",
     "TiltedLaplace",
+    "annealed_importance_sampling",
     "langevin_run",
     "langevin_sample",
+    "sigmoid_schedule",
 ]

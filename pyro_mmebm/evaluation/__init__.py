@@ -1,4 +1,5 @@
-"""Evaluation of multimodal generative models: per-modality classifiers, coherence, linear probes."""
+"""Evaluation of multimodal generative models: per-modality classifiers, coherence, linear probes,
+test log-likelihoods."""
 
 from pyro_mmebm.evaluation.classifiers import (
     CLASSIFIERS,
@@ -30,6 +31,12 @@ from pyro_mmebm.evaluation.coherence import (
     save_results_json,
     source_subsets,
 )
+from pyro_mmebm.evaluation.log_likelihood import (
+    LogLikelihoodEstimate,
+    evaluate_log_likelihood,
+    importance_log_weights,
+    log_likelihood,
+)
 
 __all__ = [
     "ALL_MODALITIES",
@@ -37,19 +44,23 @@ __all__ = [
     "CLASSIFIERS",
     "ImageClassifier",
     "LeNetClassifier",
+    "LogLikelihoodEstimate",
     "MNISTClassifier",
     "PolyMNISTClassifier",
     "SVHNClassifier",
     "aggregate_posterior_coherence",
     "cross_coherence",
+    "evaluate_log_likelihood",
     "fit_logistic_regression",
     "format_table",
     "generate_from",
     "generated_labels",
+    "importance_log_weights",
     "is_image",
     "joint_coherence",
     "linear_probe_accuracy",
     "load_or_train_classifier",
+    "log_likelihood",
     "posterior_mean",
     "sample_mixture",
     "save_cross_grid",

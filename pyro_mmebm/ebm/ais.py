@@ -1,4 +1,4 @@
-r"""The normaliser of the EBM prior by annealed importance sampling, and test log-likelihoods.
+r"""The normaliser of the EBM prior by annealed importance sampling.
 
 The EBM prior ``p_α(z) = exp(f_α(z)) p0(z) / Z(α)`` has an unknown ``Z(α) = E_{p0}[exp f_α(z)]``.
 Annealed importance sampling [1] estimates it along the geometric path
@@ -13,25 +13,14 @@ Langevin (MALA) steps that leave ``p_{t_k}`` invariant. Then ``E[w] = Z(α)`` an
 ``log Ẑ = log mean_n w_n``, with standard error (delta method)
 ``se(log Ẑ) ≈ sd(w) / (√N · mean(w))``. ``log Ẑ`` is biased low by about ``se²/2`` (Jensen).
 
-With ``log Z`` in hand, the log-likelihood of a test example under either prior is estimated by
-importance sampling with the guide as proposal [2],
-
-.. math::
-
-    \log p(X) \approx \log \frac{1}{mK} \sum_{i=1}^m \sum_{k=1}^K
-        \frac{p(z_{ik}) \prod_j p(x_j \mid z_{ik})}{q(z_{ik} \mid X)}, \qquad z_{ik} \sim q_i(z \mid x_i),
-
-stratified over the ``m`` experts of the mixture ``q`` (unbiased for ``p(X)``, as the strata have
-equal weight), with ``log p(z) = f_α(z) + log p0(z) − log Z(α)`` for the EBM prior and the exact
-density for a Laplace or Normal prior: both on the same footing. Likelihoods are unscaled (the
-training-time likelihood scales are a weighting of the objective, not part of ``p(X)``).
+With ``log Z`` in hand, test log-likelihoods under the EBM prior are on the same footing as under a
+normalised prior (:mod:`pyro_mmebm.evaluation.log_likelihood`).
 
 References:
     [1] Neal (2001) "Annealed Importance Sampling".
-    [2] Burda, Grosse, Salakhutdinov (2016) "Importance Weighted Autoencoders".
-    [3] Roberts, Tweedie (1996) "Exponential convergence of Langevin distributions and their
+    [2] Roberts, Tweedie (1996) "Exponential convergence of Langevin distributions and their
         discrete approximations" (MALA).
-    [4] Wu, Burda, Salakhutdinov, Grosse (2017) "On the Quantitative Analysis of Decoder-Based
+    [3] Wu, Burda, Salakhutdinov, Grosse (2017) "On the Quantitative Analysis of Decoder-Based
         Generative Models" (sigmoidal schedule).
 """
 
@@ -39,21 +28,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Optional
 
-import pyro.poutine as poutine
 import torch
 from pyro.distributions import TorchDistribution
-from pyro.poutine.util import prune_subsample_sites
-from torch import Tensor, nn
+from torch import Tensor
 
-from pyro_mmebm.batch import split_batch
-from pyro_mmebm.ebm import TiltedLaplace
 from pyro_mmebm.ebm.langevin import log_density_and_grad
+from pyro_mmebm.ebm.tilted_laplace import TiltedLaplace
 
 
 def sigmoid_schedule(num_temperatures: int, sharpness: float = 4.0) -> Tensor:
-    r"""Temperatures ``0 = t_0 < … < t_T = 1`` evenly spaced in a sigmoid [4]: ``T + 1`` values,
+    r"""Temperatures ``0 = t_0 < … < t_T = 1`` evenly spaced in a sigmoid [3]: ``T + 1`` values,
 
     ``t_k ∝ σ(δ (2k/T − 1)) − σ(−δ)`` with ``δ = sharpness``; denser at both ends, where the
     intermediate distributions change fastest.
@@ -104,7 +90,7 @@ def _mala_step(
     terms: Terms,
     step_size: float,
 ) -> tuple[Tensor, Terms, Tensor]:
-    """One MALA transition leaving ``p_t ∝ exp(t f) p0`` invariant [3].
+    """One MALA transition leaving ``p_t ∝ exp(t f) p0`` invariant [2].
 
     Returns the new states, their :func:`_terms` and which proposals were accepted.
     """
@@ -182,97 +168,4 @@ def annealed_importance_sampling(
     )
 
 
-@torch.no_grad()
-def importance_log_weights(
-    model: nn.Module,
-    guide: nn.Module,
-    batch: Mapping[str, Tensor],
-    num_samples: int,
-    *,
-    log_normalizer: float = 0.0,
-) -> Tensor:
-    """``log p(X, z) − log q(z | X)`` for ``num_samples`` draws of each expert: shape ``(m · K, B)``.
-
-    ``log p(X, z)`` sums the model's unscaled log densities at every sample site (the model traced
-    with ``z`` fixed, ``num_draws = m·K``), minus ``log_normalizer`` (``log Z`` of an EBM prior, whose
-    ``log_prob`` leaves it out); ``q`` is the whole mixture ``guide.posterior(batch)``.
-    """
-    posterior = guide.posterior(batch)
-    z = posterior.sample((num_samples,))  # (K, m, B, d): K draws of each expert
-    z = z.reshape(-1, *z.shape[2:])
-    trace = poutine.trace(poutine.condition(model, data={"z": z})).get_trace(batch, num_draws=z.shape[0])
-    log_joint = sum(
-        site["fn"].log_prob(site["value"])
-        for site in prune_subsample_sites(trace).nodes.values()
-        if site["type"] == "sample"
-    )
-    return log_joint - log_normalizer - posterior.log_prob(z)
-
-
-def log_likelihood(
-    model: nn.Module,
-    guide: nn.Module,
-    batch: Mapping[str, Tensor],
-    num_samples: int = 100,
-    *,
-    log_normalizer: float = 0.0,
-) -> Tensor:
-    """The importance-weighted estimate of ``log p(X)`` per example of ``batch``: shape ``(B,)``.
-
-    Uses ``num_samples`` draws per expert (``m·K`` in all); see :func:`importance_log_weights`.
-    """
-    log_w = importance_log_weights(model, guide, batch, num_samples, log_normalizer=log_normalizer)
-    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
-
-
-@dataclass
-class LogLikelihoodEstimate:
-    """A test log-likelihood: ``mean`` of ``per_example`` estimates of ``log p(X)``.
-
-    ``standard_error`` is that of the mean over the test examples; ``log_normalizer_se`` is the AIS
-    error of ``log Z``, which shifts every example alike (0 for a normalised prior). Compare two
-    models with both in mind.
-    """
-
-    per_example: Tensor
-    log_normalizer: float
-    log_normalizer_se: float
-
-    @property
-    def mean(self) -> float:
-        return float(self.per_example.mean())
-
-    @property
-    def standard_error(self) -> float:
-        return float(self.per_example.std() / math.sqrt(self.per_example.numel()))
-
-
-def evaluate_log_likelihood(
-    model: nn.Module,
-    guide: nn.Module,
-    loader: Iterable,
-    num_samples: int = 100,
-    *,
-    ais: Optional[AISResult] = None,
-) -> LogLikelihoodEstimate:
-    """Test log-likelihood over a data loader, for an EBM prior (pass its ``ais``) or a normalised one.
-
-    :param ais: the :func:`annealed_importance_sampling` result of ``model.prior()``; required when
-        the prior is a :class:`~pyro_mmebm.ebm.TiltedLaplace`, refused otherwise.
-    """
-    is_ebm = isinstance(model.prior(), TiltedLaplace)
-    if is_ebm != (ais is not None):
-        raise ValueError(
-            "an EBM prior needs its log Z: pass ais=annealed_importance_sampling(model.prior())"
-            if is_ebm else "the prior is normalised: do not pass ais"
-        )
-    log_z, log_z_se = (ais.log_normalizer, ais.standard_error) if ais is not None else (0.0, 0.0)
-    device = next(model.parameters()).device
-    per_example = [
-        log_likelihood(
-            model, guide, {name: x.to(device) for name, x in split_batch(item)[0].items()}, num_samples,
-            log_normalizer=log_z,
-        ).cpu()
-        for item in loader
-    ]
-    return LogLikelihoodEstimate(torch.cat(per_example), log_z, log_z_se)
+__all__ = ["AISResult", "annealed_importance_sampling", "sigmoid_schedule"]
