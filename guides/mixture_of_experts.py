@@ -7,14 +7,12 @@ from typing import Mapping, Optional
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions import Laplace, Normal, TorchDistribution
+from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
 
 from pyro_mmebm.batch import validate_batch
-from pyro_mmebm.distributions import StratifiedMixtureOfExperts
+from pyro_mmebm.distributions import LOCATION_SCALE_FAMILIES, StratifiedMixtureOfExperts
 from pyro_mmebm.encoding import encode
-
-EXPERT_FAMILIES = {"laplace": Laplace, "normal": Normal}
 
 
 class MixtureOfExpertsGuide(nn.Module):
@@ -39,8 +37,8 @@ class MixtureOfExpertsGuide(nn.Module):
         super().__init__()
         if len(encoders) < 1:
             raise ValueError("need at least one modality encoder")
-        if family not in EXPERT_FAMILIES:
-            raise ValueError(f"unknown expert family {family!r}; choose one of {sorted(EXPERT_FAMILIES)}")
+        if family not in LOCATION_SCALE_FAMILIES:
+            raise ValueError(f"unknown expert family {family!r}; choose one of {sorted(LOCATION_SCALE_FAMILIES)}")
         self.encoders = nn.ModuleDict(encoders)
         self.latent_dim = latent_dim
         self.family = family
@@ -62,7 +60,7 @@ class MixtureOfExpertsGuide(nn.Module):
         """The experts of the modalities present in ``batch``, stacked: batch ``(m', B)``, event ``(d,)``."""
         validate_batch(batch, self.modalities, require_all=False)
         locs, scales = zip(*(self.expert_params(name, batch[name]) for name in self.modalities if name in batch))
-        return EXPERT_FAMILIES[self.family](torch.stack(locs), torch.stack(scales)).to_event(1)
+        return LOCATION_SCALE_FAMILIES[self.family](torch.stack(locs), torch.stack(scales)).to_event(1)
 
     def posterior(self, batch: Mapping[str, Tensor]) -> StratifiedMixtureOfExperts:
         """``q(z | X_S)`` from the modalities ``S`` present in ``batch`` (any non-empty subset)."""

@@ -10,9 +10,8 @@ from pyro import poutine
 from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
 
-from guides.mixture_of_experts import EXPERT_FAMILIES
 from pyro_mmebm.batch import validate_batch
-from pyro_mmebm.distributions import StratifiedMixtureOfExperts
+from pyro_mmebm.distributions import LOCATION_SCALE_FAMILIES, StratifiedMixtureOfExperts
 from pyro_mmebm.encoding import encode
 
 
@@ -49,8 +48,8 @@ class PrivateLatentGuide(nn.Module):
             raise ValueError("need at least one modality encoder")
         if latent_dim < 1 or private_dim < 1:
             raise ValueError(f"latent_dim and private_dim must be positive, got {latent_dim}, {private_dim}")
-        if family not in EXPERT_FAMILIES:
-            raise ValueError(f"unknown expert family {family!r}; choose one of {sorted(EXPERT_FAMILIES)}")
+        if family not in LOCATION_SCALE_FAMILIES:
+            raise ValueError(f"unknown expert family {family!r}; choose one of {sorted(LOCATION_SCALE_FAMILIES)}")
         self.encoders = nn.ModuleDict(encoders)
         self.latent_dim = latent_dim
         self.private_dim = private_dim
@@ -78,7 +77,7 @@ class PrivateLatentGuide(nn.Module):
         """``q(z | X_S)`` (batch ``(|S|, B)``) and ``{i: q(w_i | x_i)}`` (batch ``(B,)``) for the
         modalities ``S`` present in ``batch``, from one pass of each encoder."""
         validate_batch(batch, self.modalities, require_all=False)
-        family = EXPERT_FAMILIES[self.family]
+        family = LOCATION_SCALE_FAMILIES[self.family]
         params = {name: self.encoder_params(name, batch[name]) for name in self.modalities if name in batch}
         d = self.latent_dim
         shared = StratifiedMixtureOfExperts(

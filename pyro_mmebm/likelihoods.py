@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyro.distributions import Bernoulli, Categorical, Laplace, Normal, TorchDistribution
+from pyro.distributions import Bernoulli, Categorical, TorchDistribution
 from torch import Tensor
+
+from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,7 @@ class Likelihood:
 
 
 _FAMILIES = {
-    "laplace": lambda params, scale: Laplace(params, scale),
-    "normal": lambda params, scale: Normal(params, scale),
+    **LOCATION_SCALE_FAMILIES,  # called as family(params, scale)
     "bernoulli": lambda params, scale: Bernoulli(probs=params.clamp(1e-6, 1 - 1e-6)),
     "categorical": lambda params, scale: Categorical(logits=params),
 }

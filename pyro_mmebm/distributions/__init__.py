@@ -4,6 +4,7 @@ The EBM prior's distribution, :class:`~pyro_mmebm.ebm.TiltedLaplace`, lives with
 EBM prior in :mod:`pyro_mmebm.ebm`.
 """
 
+from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
 from pyro_mmebm.distributions.stratified_mixture import StratifiedMixtureOfExperts
 
-__all__ = ["StratifiedMixtureOfExperts"]
+__all__ = ["LOCATION_SCALE_FAMILIES", "StratifiedMixtureOfExperts"]

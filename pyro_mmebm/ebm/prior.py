@@ -8,10 +8,11 @@ import torch
 from pyro.distributions import TorchDistribution
 from torch import nn
 
+from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
 from pyro_mmebm.ebm.energy import EnergyMLP
 from pyro_mmebm.ebm.langevin import PersistentChains
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
-from pyro_mmebm.ebm.tilted_laplace import BASES, TiltedLaplace
+from pyro_mmebm.ebm.tilted_laplace import TiltedLaplace
 
 class EnergyBasedPrior(nn.Module):
     """The EBM prior ``p_α(z) ∝ exp(f_α(z)) p0(z)`` with ``f_α`` an :class:`EnergyMLP`.
@@ -67,7 +68,7 @@ class EnergyBasedPrior(nn.Module):
     def forward(self) -> TorchDistribution:
         """``p_α`` as a :class:`TiltedLaplace` of event shape ``(d,)``; the base ``p0`` when not :attr:`tilted`."""
         if not self.tilted:
-            return BASES[self.base](self.loc, self.scale).to_event(1)
+            return LOCATION_SCALE_FAMILIES[self.base](self.loc, self.scale).to_event(1)
         return TiltedLaplace(
             self.energy,
             self.loc,

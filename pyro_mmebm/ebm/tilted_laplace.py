@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-from pyro.distributions import Laplace, Normal, TorchDistribution, constraints
+from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 from torch.distributions.utils import broadcast_all
 
+from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
 from pyro_mmebm.ebm.energy import energy_parameters_require_grad
 from pyro_mmebm.ebm.langevin import LangevinDivergenceError, LogDensity, PersistentChains, langevin_sample
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
-
-BASES = {"laplace": Laplace, "normal": Normal}
 
 MAX_BASE_SCALES = 50.0
 """How far (in base scales, per coordinate) a Langevin state may end from the base's centre.
@@ -54,7 +53,8 @@ class TiltedLaplace(TorchDistribution):
         with Energy-Based Prior". [2] Pang, Han, Nijkamp, Zhu, Wu (2020) "Learning Latent Space
         Energy-Based Prior Model".
 
-    :param energy: ``f_α``, mapping ``(*batch, d)`` to ``(*batch,)`` (e.g. an :class:`~pyro_mmebm.ebm.energy.EnergyMLP`).
+    :param energy: ``f_α``, mapping ``(*batch, d)`` to ``(*batch,)`` (e.g. an
+        :class:`~pyro_mmebm.ebm.energy.EnergyMLP`).
     :param Tensor loc: location of the base, shape ``(*batch, d)``.
     :param Tensor scale: scale of the base, shape ``(*batch, d)``.
     :param str base: ``"laplace"`` (default) or ``"normal"``.
@@ -89,8 +89,10 @@ class TiltedLaplace(TorchDistribution):
         sample_steps: Optional[int] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
-        if base not in BASES:
-            raise ValueError(f"unknown base distribution {base!r}; choose one of {sorted(BASES)}")
+        if base not in LOCATION_SCALE_FAMILIES:
+            raise ValueError(
+                f"unknown base distribution {base!r}; choose one of {sorted(LOCATION_SCALE_FAMILIES)}"
+            )
         if sample_steps is not None and sample_steps < 0:
             raise ValueError(f"need sample_steps >= 0, got {sample_steps}")
         if num_steps < 0 or step_size <= 0 or regularisation < 0:
@@ -127,7 +129,7 @@ class TiltedLaplace(TorchDistribution):
     @property
     def base_dist(self) -> TorchDistribution:
         """The base ``p0`` with the same batch and event shape."""
-        return BASES[self.base](self.loc, self.scale).to_event(1)
+        return LOCATION_SCALE_FAMILIES[self.base](self.loc, self.scale).to_event(1)
 
     def unnormalized_log_prob(self, value: Tensor) -> Tensor:
         """``f_α(z) + log p0(z)``, shape ``value.shape[:-1]``.
@@ -135,7 +137,7 @@ class TiltedLaplace(TorchDistribution):
         Unvalidated: inside a Langevin chain a diverging state must reach the sampler's own check,
         which names the step size, rather than fail the base's support check.
         """
-        base = BASES[self.base](self.loc, self.scale, validate_args=False).to_event(1)
+        base = LOCATION_SCALE_FAMILIES[self.base](self.loc, self.scale, validate_args=False).to_event(1)
         return self._energy(value) + base.log_prob(value)
 
     def _energy(self, z: Tensor) -> Tensor:
@@ -200,7 +202,7 @@ class TiltedLaplace(TorchDistribution):
         """
         d = self.event_shape[0]
         loc, scale = self.loc.reshape(-1, d)[0], self.scale.reshape(-1, d)[0]
-        base = BASES[self.base](loc, scale, validate_args=False)
+        base = LOCATION_SCALE_FAMILIES[self.base](loc, scale, validate_args=False)
         fresh = base.to_event(1).sample((num_samples,))
         init = fresh if self.persistent_chains is None else self.persistent_chains.initial_states(fresh)
         negatives = self._langevin(
