@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pyro_mmebm.checkpoint import atomic_save_json
+from pyro_mmebm.atomic import atomic_save_json
 from pyro_mmebm.data import strided_subset
 from pyro_mmebm.device import select_device
 from pyro_mmebm.diagnostics import (

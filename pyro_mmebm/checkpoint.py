@@ -378,7 +378,6 @@ __all__ = [
     "FORMAT",
     "CheckpointError",
     "ExistingRunError",
-    "atomic_save_json",
     "load_checkpoint",
     "read_checkpoint",
     "resume_state",

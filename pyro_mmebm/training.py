@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyro_mmebm.batch import prepare_batch, split_batch
-from pyro_mmebm.checkpoint import atomic_save_json, resume_state, save_checkpoint, start_from_other_prior
+from pyro_mmebm.atomic import atomic_save_json
+from pyro_mmebm.checkpoint import resume_state, save_checkpoint, start_from_other_prior
 
 
 @dataclass

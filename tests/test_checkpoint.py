@@ -15,6 +15,7 @@ import torch
 from guides import MixtureOfExpertsGuide
 from models import MultimodalVAE
 from pyro_mmebm import EnergyBasedPrior, Likelihood, TrainConfig, fit
+from pyro_mmebm.atomic import atomic_directory
 from pyro_mmebm.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -154,6 +155,17 @@ def test_checkpoint_is_flushed_to_disk_before_it_replaces_the_previous_one(tmp_p
     assert len(replaced) == 1, events
     tmp = os.path.realpath(events[replaced[0]][1])
     assert ("fsync", tmp) in events[: replaced[0]], events
+
+
+def test_a_folder_written_atomically_appears_whole_or_not_at_all(tmp_path):
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_directory(tmp_path / "images") as tmp:
+            (tmp / "0.png").write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_directory(tmp_path / "images") as tmp:
+        (tmp / "0.png").write_text("whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["images"] and (tmp_path / "images" / "0.png").read_text() == "whole"
 
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["default-chains", "persistent-chains"])

@@ -1,4 +1,4 @@
-"""Source files shared by the data sets: MNIST, SVHN and ``.npy`` readers with clear errors, atomic writes."""
+"""Source files shared by the data sets: MNIST, SVHN and ``.npy`` readers with clear errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from pyro_mmebm._torchvision import datasets
-from pyro_mmebm.atomic import atomic_path
 
 
 class DatasetFilesNotFoundError(FileNotFoundError):
@@ -22,12 +21,6 @@ def missing_files_error(what: str, missing: list[Path], how_to_get: str) -> Data
     """An error listing ``missing`` (full paths) and saying how to obtain them."""
     listing = "\n".join(f"  {path}" for path in missing)
     return DatasetFilesNotFoundError(f"{what}: missing file(s)\n{listing}\n{how_to_get}")
-
-
-def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save(path, array)``, written atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        np.save(file, array)
 
 
 def load_npy(path: str | os.PathLike, *, mmap_mode: str | None = None) -> np.ndarray:

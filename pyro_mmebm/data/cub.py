@@ -20,7 +20,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pyro_mmebm._torchvision import datasets, transforms
-from pyro_mmebm.data._files import DatasetFilesNotFoundError, atomic_path, download_and_extract
+from pyro_mmebm.atomic import atomic_save_json
+from pyro_mmebm.data._files import DatasetFilesNotFoundError, download_and_extract
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, EOS, UNK)
@@ -84,8 +85,7 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``{"tokens": [...]}`` (all tokens in id order) as JSON, atomically."""
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"tokens": list(self.tokens)}))
+        atomic_save_json({"tokens": list(self.tokens)}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:

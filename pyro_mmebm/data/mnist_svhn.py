@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pyro_mmebm.data._files import load_mnist, load_npy, load_svhn, save_npy_atomic
+from pyro_mmebm.atomic import atomic_save_npy
+from pyro_mmebm.data._files import load_mnist, load_npy, load_svhn
 
 
 def match_by_label(
@@ -84,7 +85,7 @@ class MNISTSVHN(Dataset):
         if pairs is None or not _pairs_match(pairs, mnist_labels.numpy(), svhn_labels.numpy()):
             rng = np.random.default_rng([seed, int(train)])
             pairs = match_by_label(mnist_labels.numpy(), svhn_labels.numpy(), max_per_class, pairs_per_example, rng)
-            save_npy_atomic(cache, pairs)
+            atomic_save_npy(cache, pairs)
         self.pairs = torch.from_numpy(pairs)
         self.labels = mnist_labels[self.pairs[:, 0]]
 

@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,15 +17,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from pyro_mmebm.data._files import (
-    DatasetFilesNotFoundError,
-    atomic_path,
-    check_labels,
-    download_and_extract,
-    load_mnist,
-    load_npy,
-    save_npy_atomic,
-)
+from pyro_mmebm.atomic import atomic_directory, atomic_path, atomic_save_npy
+from pyro_mmebm.data._files import DatasetFilesNotFoundError, check_labels, download_and_extract, load_mnist, load_npy
 
 MODALITIES: tuple[str, ...] = ("m0", "m1", "m2", "m3", "m4")
 IMAGE_SIZE = 28
@@ -140,7 +131,7 @@ def generate_polymnist(
         rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
         sources, labels = same_label_tuples(mnist_labels, len(MODALITIES), rng)
         offsets = np.stack([_crop_corners(b, len(labels), rng) for b in backgrounds], axis=1)
-        save_npy_atomic(out_dir / f"{split}_sources.npy", sources)
+        atomic_save_npy(out_dir / f"{split}_sources.npy", sources)
         images_path = out_dir / f"{split}_images.npy"
         with atomic_path(images_path) as tmp:
             shape = (len(labels), len(MODALITIES), IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -153,7 +144,7 @@ def generate_polymnist(
                     bar.update(len(views[0]))
             images.flush()
             del images
-        save_npy_atomic(out_dir / f"{split}_labels.npy", labels)
+        atomic_save_npy(out_dir / f"{split}_labels.npy", labels)
         if export_png:
             export_png_layout(np.load(images_path, mmap_mode="r"), labels, out_dir / split, progress)
 
@@ -166,18 +157,15 @@ def _crop_corners(background: np.ndarray, n: int, rng: np.random.Generator) -> n
 def export_png_layout(images: np.ndarray, labels: np.ndarray, split_dir: Path, progress: bool = True) -> None:
     """Write tuples ``(N, 5, 28, 28, 3)`` as the official release does: ``<split_dir>/m<k>/<index>.<label>.png``.
 
-    The folder is written under a temporary name and renamed when complete.
+    The folder is written under a temporary name and renamed when complete
+    (:func:`~pyro_mmebm.atomic.atomic_directory`).
     """
-    tmp = split_dir.with_name(f".{split_dir.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_directory(split_dir) as tmp:
         for name in MODALITIES:
-            (tmp / name).mkdir(parents=True)
+            (tmp / name).mkdir()
         for index in tqdm(range(len(labels)), desc=f"PNG {split_dir.name}", unit="tuple", disable=not progress):
             for m, name in enumerate(MODALITIES):
                 Image.fromarray(np.asarray(images[index, m])).save(tmp / name / f"{index}.{labels[index]}.png")
-        os.replace(tmp, split_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 POLYMNIST_URL = "https://zenodo.org/record/4899160/files/PolyMNIST.zip"

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from pyro_mmebm.data.in_memory import InMemoryBatches
 
-from pyro_mmebm.atomic import atomic_path, atomic_write_bytes
+from pyro_mmebm.atomic import atomic_path, atomic_save_json
 
 NUM_DIGITS = 10
 
@@ -327,7 +327,7 @@ def load_or_train_classifier(
         accuracy = test_accuracy(model, make_test_dataset(), name, device=device)
         info = {"name": name, "test_accuracy": accuracy, **settings}
         # The weights file marks a complete cache, so it is written last.
-        atomic_write_bytes(info_path, json.dumps(info, indent=2).encode())
+        atomic_save_json(info, info_path)
         with atomic_path(weights_path) as tmp:
             torch.save(model.state_dict(), tmp)
         return model, accuracy

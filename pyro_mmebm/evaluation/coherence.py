@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from pyro_mmebm._torchvision import utils as tv_utils
 from pyro_mmebm.batch import split_batch
-from pyro_mmebm.checkpoint import atomic_save_json
+from pyro_mmebm.atomic import atomic_save_json
 from pyro_mmebm.distributions import StratifiedMixtureOfExperts
 
 ALL_MODALITIES = "all"
