@@ -10,7 +10,7 @@ from pyro import poutine
 from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
 
-from pyro_mmebm.batch import validate_batch
+from pyro_mmebm.batch import check_modalities, present_modalities
 from pyro_mmebm.distributions import LOCATION_SCALE_FAMILIES, StratifiedMixtureOfExperts
 from pyro_mmebm.encoding import encode
 
@@ -58,8 +58,8 @@ class MixtureOfExpertsGuide(nn.Module):
 
     def experts(self, batch: Mapping[str, Tensor]) -> TorchDistribution:
         """The experts of the modalities present in ``batch``, stacked: batch ``(m', B)``, event ``(d,)``."""
-        validate_batch(batch, self.modalities, require_all=False)
-        locs, scales = zip(*(self.expert_params(name, batch[name]) for name in self.modalities if name in batch))
+        present = present_modalities(batch, self.modalities)
+        locs, scales = zip(*(self.expert_params(name, batch[name]) for name in present))
         return LOCATION_SCALE_FAMILIES[self.family](torch.stack(locs), torch.stack(scales)).to_event(1)
 
     def posterior(self, batch: Mapping[str, Tensor]) -> StratifiedMixtureOfExperts:
@@ -67,7 +67,7 @@ class MixtureOfExpertsGuide(nn.Module):
         return StratifiedMixtureOfExperts(self.experts(batch))
 
     def forward(self, batch: Mapping[str, Tensor], *, num_draws: Optional[int] = None) -> Tensor:
-        batch_size = validate_batch(batch, self.modalities)
+        batch_size = check_modalities(batch, self.modalities)
         if num_draws is not None and num_draws != self.num_draws:
             raise ValueError(
                 f"the mixture-of-experts guide draws {self.num_draws} latents per example (one per "

@@ -12,7 +12,7 @@ from pyro.distributions import Normal
 from torch import Tensor
 
 from guides.product_of_experts import GaussianExpertsGuide, product_of_experts
-from pyro_mmebm.batch import validate_batch
+from pyro_mmebm.batch import check_modalities
 from pyro_mmebm.distributions import StratifiedMixtureOfExperts
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ class MixtureOfProductsOfExpertsGuide(GaussianExpertsGuide):
         return StratifiedMixtureOfExperts(Normal(loc, scale).to_event(1))
 
     def forward(self, batch: Mapping[str, Tensor], *, num_draws: Optional[int] = None) -> Tensor:
-        batch_size = validate_batch(batch, self.modalities)
+        batch_size = check_modalities(batch, self.modalities)
         if num_draws is not None and num_draws != self.num_draws:
             raise ValueError(
                 f"the mixture-of-products-of-experts guide draws {self.num_draws} latents per example "

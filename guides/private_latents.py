@@ -10,7 +10,7 @@ from pyro import poutine
 from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
 
-from pyro_mmebm.batch import validate_batch
+from pyro_mmebm.batch import check_modalities, present_modalities
 from pyro_mmebm.distributions import LOCATION_SCALE_FAMILIES, StratifiedMixtureOfExperts
 from pyro_mmebm.encoding import encode
 
@@ -76,9 +76,8 @@ class PrivateLatentGuide(nn.Module):
     ) -> tuple[StratifiedMixtureOfExperts, dict[str, TorchDistribution]]:
         """``q(z | X_S)`` (batch ``(|S|, B)``) and ``{i: q(w_i | x_i)}`` (batch ``(B,)``) for the
         modalities ``S`` present in ``batch``, from one pass of each encoder."""
-        validate_batch(batch, self.modalities, require_all=False)
         family = LOCATION_SCALE_FAMILIES[self.family]
-        params = {name: self.encoder_params(name, batch[name]) for name in self.modalities if name in batch}
+        params = {name: self.encoder_params(name, batch[name]) for name in present_modalities(batch, self.modalities)}
         d = self.latent_dim
         shared = StratifiedMixtureOfExperts(
             family(
@@ -98,7 +97,7 @@ class PrivateLatentGuide(nn.Module):
         return self.posteriors(batch)[1]
 
     def forward(self, batch: Mapping[str, Tensor], *, num_draws: Optional[int] = None) -> Tensor:
-        batch_size = validate_batch(batch, self.modalities)
+        batch_size = check_modalities(batch, self.modalities)
         if num_draws is not None and num_draws != self.num_draws:
             raise ValueError(
                 f"the private-latent guide draws {self.num_draws} shared latents per example (one per "

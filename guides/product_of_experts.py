@@ -9,7 +9,7 @@ import torch
 from pyro.distributions import Normal, TorchDistribution
 from torch import Tensor, nn
 
-from pyro_mmebm.batch import validate_batch
+from pyro_mmebm.batch import check_modalities, present_modalities
 from pyro_mmebm.encoding import encode
 
 
@@ -72,8 +72,8 @@ class GaussianExpertsGuide(nn.Module):
 
     def stacked_expert_params(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(locs, scales)`` of the modalities present in ``batch`` (model order), each ``(m', B, d)``."""
-        validate_batch(batch, self.modalities, require_all=False)
-        locs, scales = zip(*(self.expert_params(name, batch[name]) for name in self.modalities if name in batch))
+        present = present_modalities(batch, self.modalities)
+        locs, scales = zip(*(self.expert_params(name, batch[name]) for name in present))
         return torch.stack(locs), torch.stack(scales)
 
 
@@ -109,7 +109,7 @@ class ProductOfExpertsGuide(GaussianExpertsGuide):
         return Normal(loc[0], scale[0]).to_event(1)
 
     def forward(self, batch: Mapping[str, Tensor], *, num_draws: Optional[int] = None) -> Tensor:
-        batch_size = validate_batch(batch, self.modalities, require_all=False)
+        batch_size = check_modalities(batch, self.modalities, require_all=False)
         if num_draws is not None and num_draws != 1:
             raise ValueError(
                 f"the product-of-experts guide draws one latent per example; the model was called "

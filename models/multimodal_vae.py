@@ -9,7 +9,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
-from pyro_mmebm.batch import validate_batch
+from pyro_mmebm.batch import check_modalities
 from pyro_mmebm.likelihoods import Likelihood
 
 
@@ -93,7 +93,7 @@ class MultimodalVAE(nn.Module):
             data: Mapping[str, Tensor] = {}
             names = self.modalities
         else:
-            batch_size = validate_batch(batch, self.modalities, require_all=not partial)
+            batch_size = check_modalities(batch, self.modalities, require_all=not partial)
             data = batch
             names = [name for name in self.modalities if name in batch]
         with pyro.plate("draws", num_draws, dim=-2), pyro.plate("data", batch_size, dim=-1):

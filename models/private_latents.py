@@ -11,7 +11,7 @@ from pyro.distributions import Laplace, TorchDistribution
 from torch import Tensor, nn
 
 from models.multimodal_vae import MultimodalVAE, decode_batched
-from pyro_mmebm.batch import validate_batch
+from pyro_mmebm.batch import check_modalities
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.priors import LaplacePrior
 
@@ -84,7 +84,7 @@ class PrivateLatentVAE(MultimodalVAE):
                 raise ValueError("give either a batch to condition on or a batch_size to generate")
             data: Mapping[str, Tensor] = {}
         else:
-            batch_size = validate_batch(batch, self.modalities)
+            batch_size = check_modalities(batch, self.modalities)
             data = batch
         with pyro.plate("draws", num_draws, dim=-2), pyro.plate("data", batch_size, dim=-1):
             with poutine.scale(scale=1.0 / num_draws):

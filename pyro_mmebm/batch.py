@@ -1,17 +1,16 @@
-"""Checking a multimodal batch: a dict ``{modality name: tensor}`` with a shared batch size."""
+"""Checking a multimodal batch: a dict ``{modality name: tensor}`` with a shared batch size.
+
+A batch is checked once, where it enters training or evaluation (:func:`prepare_batch`); models and
+guides check only which modalities it holds (:func:`check_modalities`).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor
-
-
-def _all_finite(x: Tensor) -> bool:
-    # One reduction propagates any NaN or inf; only a non-finite sum (which finite values can also
-    # give, by overflow) needs the element-wise check.
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def split_batch(item: Any) -> tuple[dict[str, Tensor], Optional[Tensor]]:
@@ -29,13 +28,20 @@ def prepare_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, T
     """A data loader's batch moved to ``device``, checked once where it enters training or evaluation.
 
     Floating-point tensors are converted to torch's default dtype (float32 unless changed), so that
-    float64 data works as it is; other dtypes (token ids, ``uint8``) are kept.
+    float64 data works as it is; other dtypes (token ids, ``uint8``) are kept. The models and guides
+    check only which modalities a batch holds (:func:`check_modalities`), not its values.
 
-    :raises TypeError: naming the modality, for a value that is not a tensor (a list, a numpy array:
-        convert it with ``torch.as_tensor``).
-    :raises ValueError: for float images (items of three or more dimensions) that are non-negative
-        with values above 1, i.e. pixel values in 0..255: the networks expect images in [0, 1].
+    :raises TypeError: for a batch that is not a dict, or naming the modality, for a value that is
+        not a tensor (a list, a numpy array: convert it with ``torch.as_tensor``).
+    :raises ValueError: naming the problem, for an empty batch, tensors without a batch dimension or
+        whose batch sizes differ, NaN or infinite values, and float images (items of three or more
+        dimensions) that are non-negative with values above 1, i.e. pixel values in 0..255: the
+        networks expect images in [0, 1].
     """
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"batch must be a dict {{modality: tensor}}, got {type(batch).__name__}")
+    if not batch:
+        raise ValueError("batch holds no modality")
     moved = {}
     for name, x in batch.items():
         if not isinstance(x, Tensor):
@@ -43,35 +49,59 @@ def prepare_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, T
                 f"modality {name!r} is a {type(x).__name__}, not a tensor: batches hold tensors "
                 "(convert with torch.as_tensor)"
             )
+        if x.dim() < 1:
+            raise ValueError(f"modality {name!r} is a scalar; expected a tensor of shape (batch, ...)")
         dtype = torch.get_default_dtype() if x.is_floating_point() else None
         moved[name] = x.to(device, dtype=dtype, non_blocking=True)
-    images = [name for name, x in moved.items() if x.is_floating_point() and x.dim() >= 4 and x.numel()]
-    if images:
-        ranges = torch.stack([torch.stack(torch.aminmax(moved[name])) for name in images]).tolist()
-        for name, (low, high) in zip(images, ranges):
-            if low >= 0 and high > 1:
-                raise ValueError(
-                    f"modality {name!r} holds images with values up to {high:g}, pixel values in 0..255? "
-                    "Images must be floats in [0, 1]: divide them by 255."
-                )
+    sizes = {name: x.shape[0] for name, x in moved.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"modalities have different batch sizes: {sizes}")
+    if next(iter(sizes.values())) == 0:
+        raise ValueError("batch is empty")
+    _check_values(moved)
     return moved
 
 
-def validate_batch(
-    batch: Mapping[str, Tensor],
-    modalities: Iterable[str],
-    *,
-    event_dims: Optional[Mapping[str, int]] = None,
-    require_all: bool = True,
-) -> int:
-    """Check a batch and return its batch size.
+def _check_values(batch: Mapping[str, Tensor]) -> None:
+    """Refuse NaN or infinite values and images in 0..255, with one device synchronisation."""
+    floats = [name for name, x in batch.items() if x.is_floating_point() and x.numel()]
+    if not floats:
+        return
+    # The sum propagates any NaN or inf; only a non-finite sum (which finite values can also give, by
+    # overflow) needs the element-wise check.
+    stats = torch.stack([torch.stack([batch[name].sum(), *torch.aminmax(batch[name])]) for name in floats])
+    for name, (total, low, high) in zip(floats, stats.tolist()):
+        x = batch[name]
+        if not math.isfinite(total) and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"modality {name!r} contains NaN or infinite values")
+        if x.dim() >= 4 and low >= 0 and high > 1:
+            raise ValueError(
+                f"modality {name!r} holds images with values up to {high:g}, pixel values in 0..255? "
+                "Images must be floats in [0, 1]: divide them by 255."
+            )
 
-    Raises ``ValueError`` naming the problem: an unknown or (with ``require_all``) missing modality,
-    an empty batch, tensors whose batch sizes differ, a tensor with too few dimensions, or NaN/inf
-    values; ``TypeError`` for a value that is not a tensor.
+
+def present_modalities(batch: Mapping[str, Tensor], modalities: Iterable[str]) -> list[str]:
+    """The modalities of ``modalities`` that ``batch`` holds, in that order.
+
+    :raises ValueError: when ``batch`` holds none of them.
     """
-    if not isinstance(batch, Mapping):
-        raise TypeError(f"batch must be a dict {{modality: tensor}}, got {type(batch).__name__}")
+    expected = list(modalities)
+    present = [name for name in expected if name in batch]
+    if not present:
+        raise ValueError(f"batch has none of the modalities {expected}")
+    return present
+
+
+def check_modalities(batch: Mapping[str, Tensor], modalities: Iterable[str], *, require_all: bool = True) -> int:
+    """Check which modalities ``batch`` holds and return its batch size.
+
+    The cheap check a model or guide makes on every call, where it knows its modalities; the tensors
+    themselves were checked once where the batch entered (:func:`prepare_batch`).
+
+    :raises ValueError: naming the modality, for one the model does not have, one missing (with
+        ``require_all``), or a batch with none of them.
+    """
     expected = list(modalities)
     unknown = sorted(set(batch) - set(expected))
     if unknown:
@@ -79,23 +109,4 @@ def validate_batch(
     missing = [name for name in expected if name not in batch]
     if require_all and missing:
         raise ValueError(f"missing modality {missing} in batch; the model needs all of {expected}")
-    if not batch:
-        raise ValueError(f"batch has none of the modalities {expected}")
-    sizes = {}
-    for name, x in batch.items():
-        if not isinstance(x, Tensor):
-            raise TypeError(f"modality {name!r} must be a tensor, got {type(x).__name__}")
-        needed = 1 + (event_dims[name] if event_dims and name in event_dims else 0)
-        if x.dim() < needed:
-            raise ValueError(
-                f"modality {name!r} has shape {tuple(x.shape)}; expected (batch, ...) with {needed} dimensions"
-            )
-        if x.is_floating_point() and not _all_finite(x):
-            raise ValueError(f"modality {name!r} contains NaN or infinite values")
-        sizes[name] = x.shape[0]
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"modalities have different batch sizes: {sizes}")
-    size = next(iter(sizes.values()))
-    if size == 0:
-        raise ValueError("batch is empty")
-    return size
+    return batch[present_modalities(batch, expected)[0]].shape[0]

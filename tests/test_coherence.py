@@ -238,3 +238,19 @@ def test_aggregate_posterior_coherence_is_one_for_a_coherent_model_and_chance_fo
     n = 5000
     ceiling = aggregate_posterior_coherence(FakeModel(SHAPES, coherent=False), guide, CLASSIFIERS, loader(SHAPES, n))
     assert abs(ceiling - 0.01) < binomial_tolerance(0.01, n)  # three independent digits agree w.p. 1/100
+
+
+@pytest.mark.parametrize(
+    "entry", ["cross_coherence", "aggregate_posterior_coherence", "linear_probe_accuracy", "save_cross_grid"]
+)
+def test_loaders_and_batches_are_checked_as_they_enter(entry, tmp_path):
+    model, guide = FakeModel(SHAPES), FakeGuide(list(SHAPES))
+    in_0_255 = [({name: x * 255 for name, x in batch.items()}, labels) for batch, labels in loader(SHAPES, 20)]
+    calls = {
+        "cross_coherence": lambda: cross_coherence(model, guide, CLASSIFIERS, in_0_255),
+        "aggregate_posterior_coherence": lambda: aggregate_posterior_coherence(model, guide, CLASSIFIERS, in_0_255),
+        "linear_probe_accuracy": lambda: linear_probe_accuracy(guide, in_0_255, in_0_255),
+        "save_cross_grid": lambda: save_cross_grid(model, guide, in_0_255[0], "b", tmp_path / "cross.png"),
+    }
+    with pytest.raises(ValueError, match="divide them by 255"):
+        calls[entry]()

@@ -74,6 +74,9 @@ def test_ebm_and_laplace_priors_on_the_same_footing():
         evaluate_log_likelihood(ebm_model, guide, loader, 10)
     with pytest.raises(ValueError, match="normalised"):
         evaluate_log_likelihood(laplace_model, guide, loader, 10, ais=ais)
+    loader[1]["b"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="modality 'b' contains NaN"):  # checked as it enters
+        evaluate_log_likelihood(laplace_model, guide, loader, 10)
 
 
 def test_importance_log_weights_use_unscaled_likelihoods():

@@ -275,6 +275,27 @@ def test_batch_of_python_lists_is_refused_naming_the_modality():
         fit(model, guide, [batch], TrainConfig(epochs=1), progress=False)
 
 
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b.update(b=b["b"][:-1]), "different batch sizes"),
+        (lambda b: b["a"].__setitem__((0, 0), float("nan")), "modality 'a' contains NaN"),
+        (lambda b: b["b"].__setitem__((3, 1), float("inf")), "modality 'b' contains NaN or infinite"),
+        (lambda b: b.update(a=torch.tensor(0.5)), "modality 'a' is a scalar"),
+        (lambda b: b.update(a=b["a"][:0], b=b["b"][:0]), "batch is empty"),
+        (lambda b: b.clear(), "batch holds no modality"),
+    ],
+)
+def test_bad_batch_is_refused_once_where_it_enters(mutate, message):
+    model, guide = tiny_model(EnergyBasedPrior(2, 16, 2, num_steps=2))
+    batches = tiny_batches()
+    mutate(batches[0])
+    with pytest.raises(ValueError, match=message):
+        fit(model, guide, batches, TrainConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match=message):
+        evaluate_loss(model, guide, batches)
+
+
 def test_float64_batches_are_converted_to_the_default_dtype():
     model, guide = tiny_model(EnergyBasedPrior(2, 16, 2, num_steps=2))
     batches = [{k: v.double() for k, v in batch.items()} for batch in tiny_batches()]

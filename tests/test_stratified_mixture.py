@@ -118,13 +118,12 @@ def test_model_and_guide_shapes_under_plates_predictive_and_render():
     [
         (lambda b: b.pop("m1"), "missing modality"),
         (lambda b: b.update(m2=torch.zeros(5, 4)), "unknown modality"),
-        (lambda b: b.update(m1=torch.zeros(4, 4)), "different batch sizes"),
-        (lambda b: b["m0"].__setitem__((0, 0), float("nan")), "NaN"),
         (lambda b: b.update(m1=torch.zeros(5, 6)), "item shape"),
-        (lambda b: b.update(m1=[[0.0] * 4] * 5), "must be a tensor"),
     ],
 )
 def test_bad_input_raises_error_naming_the_problem(mutate, message):
+    # What the model and guide check on every call: which modalities, and their item shapes. The values
+    # are checked once where a batch enters fit or the evaluation (tests/test_safety.py).
     model, guide, batch = tiny_vae()
     mutate(batch)
     loss = Trace_ELBO(max_plate_nesting=2)(model, guide)

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pyro_mmebm._torchvision import utils as tv_utils
-from pyro_mmebm.batch import split_batch
+from pyro_mmebm.batch import prepare_batch, split_batch
 from pyro_mmebm.atomic import atomic_save_json
 from pyro_mmebm.distributions import StratifiedMixtureOfExperts
 
@@ -74,13 +74,16 @@ def _eval_mode(*modules: nn.Module) -> Iterator[None]:
             sub.training = training
 
 
-def _batches(loader: Iterable, num_batches: Optional[int]) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
-    """``(modalities, labels)`` of the first ``num_batches`` items of ``loader`` (all when ``None``)."""
+def _batches(
+    loader: Iterable, num_batches: Optional[int], device: torch.device
+) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+    """``(modalities on device, labels)`` of the first ``num_batches`` items of ``loader`` (all when
+    ``None``), each checked as it enters (:func:`~pyro_mmebm.batch.prepare_batch`)."""
     for item in itertools.islice(loader, num_batches):
         batch, labels = split_batch(item)
         if labels is None:
             raise ValueError("coherence needs labelled data: loader items must be (dict, labels) pairs")
-        yield batch, torch.as_tensor(labels).long()
+        yield prepare_batch(batch, device), torch.as_tensor(labels).long()
 
 
 def _predict(classifier: nn.Module, x: Tensor) -> Tensor:
@@ -218,8 +221,8 @@ def aggregate_posterior_coherence(
     device = device or _default_device(model)
     agree = total = 0
     with _eval_mode(model, guide, *classifiers.values()), torch.no_grad():
-        for batch, _ in _batches(loader, num_batches):
-            generated = generate_from(model, guide, {name: batch[name].to(device) for name in model.modalities})
+        for batch, _ in _batches(loader, num_batches, device):
+            generated = generate_from(model, guide, {name: batch[name] for name in model.modalities})
             labels = torch.stack([_predict(c, generated[name].to(device)) for name, c in classifiers.items()])
             agree += int((labels == labels[0]).all(0).sum())
             total += labels.shape[1]
@@ -353,10 +356,10 @@ def cross_coherence(
     correct = {(s, t): 0 for s in subsets for t in targets if t not in s}
     total = 0
     with _eval_mode(model, guide, *classifiers.values()), torch.no_grad():
-        for batch, labels in _batches(loader, num_batches):
+        for batch, labels in _batches(loader, num_batches, device):
             labels = labels.to(device)
             for sources in subsets:
-                generated = generate_from(model, guide, {name: batch[name].to(device) for name in sources})
+                generated = generate_from(model, guide, {name: batch[name] for name in sources})
                 for target in targets:
                     if target not in sources:
                         prediction = _predict(classifiers[target], generated[target].to(device))
@@ -376,8 +379,8 @@ def _latent_features(
     """Posterior means ``{modality or "all": (N, d)}`` and labels ``(N,)``, on the CPU."""
     features: dict[str, list[Tensor]] = {}
     labels = []
-    for batch, batch_labels in _batches(loader, num_batches):
-        batch = {name: batch[name].to(device) for name in guide.modalities if name in batch}
+    for batch, batch_labels in _batches(loader, num_batches, device):
+        batch = {name: batch[name] for name in guide.modalities if name in batch}
         posteriors = {name: guide.posterior({name: x}) for name, x in batch.items()}
         posteriors[ALL_MODALITIES] = guide.posterior(batch)
         for key, posterior in posteriors.items():
@@ -588,8 +591,7 @@ def save_cross_grid(
     missing = [name for name in sources if name not in batch]
     if missing:
         raise ValueError(f"source modalities {missing} are not in the batch, which has {sorted(batch)}")
-    device = _default_device(model)
-    inputs = {name: batch[name][:num_examples].to(device) for name in sources}
+    inputs = prepare_batch({name: batch[name][:num_examples] for name in sources}, _default_device(model))
     with _eval_mode(model, guide), torch.no_grad():
         generated = generate_from(model, guide, inputs)
     rows = list(inputs.items()) + [(name, generated[name]) for name in model.modalities]

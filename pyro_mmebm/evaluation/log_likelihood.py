@@ -29,7 +29,7 @@ import torch
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 
-from pyro_mmebm.batch import split_batch
+from pyro_mmebm.batch import prepare_batch, split_batch
 from pyro_mmebm.ebm import TiltedLaplace
 from pyro_mmebm.ebm.ais import AISResult
 
@@ -122,8 +122,7 @@ def evaluate_log_likelihood(
     device = next(model.parameters()).device
     per_example = [
         log_likelihood(
-            model, guide, {name: x.to(device) for name, x in split_batch(item)[0].items()}, num_samples,
-            log_normalizer=log_z,
+            model, guide, prepare_batch(split_batch(item)[0], device), num_samples, log_normalizer=log_z
         ).cpu()
         for item in loader
     ]
