@@ -1,8 +1,10 @@
 """Pyro guides (amortised posteriors) of multimodal data: read them, copy them, edit them.
 
-Every guide has ``posterior(batch)``, the distribution of the shared ``z`` given whichever non-empty
-subset of the modalities ``batch`` holds (cross generation from missing modalities), and
-``num_draws``, the latent draws per example it makes when called as Pyro's ``guide``.
+Every guide meets :class:`pyro_mmebm.contracts.ExpertGuide`: ``posterior(batch)``, the distribution
+of the shared ``z`` given whichever non-empty subset of the modalities ``batch`` holds (cross
+generation from missing modalities), ``experts(batch)``, the per-modality experts it combines, and
+``num_draws``, the latent draws per example it makes when called as Pyro's ``guide``. The
+private-latent guide meets :class:`~pyro_mmebm.contracts.GuideWithPrivateLatents` as well.
 """
 
 from guides.mixture_of_experts import MixtureOfExpertsGuide

@@ -92,6 +92,11 @@ class PrivateLatentGuide(nn.Module):
         """``q(z | X_S)`` from the modalities ``S`` present in ``batch`` (any non-empty subset)."""
         return self.posteriors(batch)[0]
 
+    def experts(self, batch: Mapping[str, Tensor]) -> TorchDistribution:
+        """The shared experts ``q_i(z | x_i)`` of the modalities present in ``batch``, stacked: batch
+        ``(m', B)``, event ``(d,)``."""
+        return self.posterior(batch).experts
+
     def private_posterior(self, batch: Mapping[str, Tensor]) -> dict[str, TorchDistribution]:
         """``{i: q(w_i | x_i)}`` for the modalities present in ``batch``, each batch ``(B,)``."""
         return self.posteriors(batch)[1]

@@ -76,6 +76,11 @@ class GaussianExpertsGuide(nn.Module):
         locs, scales = zip(*(self.expert_params(name, batch[name]) for name in present))
         return torch.stack(locs), torch.stack(scales)
 
+    def experts(self, batch: Mapping[str, Tensor]) -> TorchDistribution:
+        """The experts ``q_i(z | x_i)`` of the modalities present in ``batch`` (the factors of the
+        products, without the prior expert), stacked: batch ``(m', B)``, event ``(d,)``."""
+        return Normal(*self.stacked_expert_params(batch)).to_event(1)
+
 
 class ProductOfExpertsGuide(GaussianExpertsGuide):
     r"""MVAE's guide: the product of the experts of the modalities present and a prior expert [1],

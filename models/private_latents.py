@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from models.multimodal_vae import MultimodalVAE, decode_batched
 from pyro_mmebm.batch import check_modalities
+from pyro_mmebm.contracts import GuideWithPrivateLatents
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.priors import LaplacePrior
 
@@ -137,7 +138,7 @@ class PrivateLatentVAE(MultimodalVAE):
 
     @torch.no_grad()
     def cross_generate(
-        self, guide: nn.Module, batch: Mapping[str, Tensor], *, auxiliary_scale: Optional[float] = None
+        self, guide: GuideWithPrivateLatents, batch: Mapping[str, Tensor], *, auxiliary_scale: Optional[float] = None
     ) -> dict[str, Tensor]:
         """Every modality's mean given the modalities ``S`` present in ``batch`` (any non-empty subset).
 

@@ -3,14 +3,16 @@
 import math
 
 import numpy as np
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from torch import nn
 
-from guides import MixtureOfExpertsGuide
-from models import MultimodalVAE
+from guides import GUIDES, MixtureOfExpertsGuide, PrivateLatentGuide
+from models import MultimodalVAE, PrivateLatentVAE
 from pyro_mmebm import EnergyBasedPrior, Likelihood, NormalPrior, TiltedLaplace, langevin_run
+from pyro_mmebm.contracts import ExpertGuide
 from pyro_mmebm.diagnostics import (
     compare_marginals,
     expert_agreement,
@@ -28,7 +30,9 @@ from pyro_mmebm.diagnostics import (
     prior_chains,
     psis_khat,
 )
-from pyro_mmebm.networks import MLPDecoder
+from pyro_mmebm.ebm import annealed_importance_sampling
+from pyro_mmebm.evaluation import evaluate_log_likelihood
+from pyro_mmebm.networks import MLPDecoder, MLPEncoder
 
 LATENT_DIM = 4
 
@@ -278,3 +282,71 @@ def test_psis_khat_separates_wide_and_narrow_guides():
     narrow = psis_khat(model, gaussian_guide(0.25), batch)
     assert wide.shape == narrow.shape == (3,)
     assert (wide < 0.5).all() and (narrow > 0.7).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Every guide
+
+
+PRIVATE_DIM = 2
+TINY_SHAPES = {"a": (4,), "b": (3,)}
+
+
+def tiny_model_and_guide(guide_name):
+    """A tiny EBM-prior model with the guide ``guide_name`` (a key of ``GUIDES``, or ``"private"``)."""
+    torch.manual_seed(0)
+    prior = EnergyBasedPrior(LATENT_DIM, hidden_dim=8, depth=2, num_steps=5)
+    likelihoods = {name: Likelihood("normal") for name in TINY_SHAPES}
+    width = LATENT_DIM + (PRIVATE_DIM if guide_name == "private" else 0)
+    decoders = {name: MLPDecoder(width, shape, hidden=(8,), output="identity") for name, shape in TINY_SHAPES.items()}
+    encoders = {name: MLPEncoder(shape, width, hidden=(8,)) for name, shape in TINY_SHAPES.items()}
+    if guide_name == "private":
+        return (
+            PrivateLatentVAE(decoders, likelihoods, prior, PRIVATE_DIM),
+            PrivateLatentGuide(encoders, LATENT_DIM, PRIVATE_DIM),
+        )
+    return MultimodalVAE(decoders, likelihoods, prior), GUIDES[guide_name](encoders, LATENT_DIM)
+
+
+@pytest.mark.parametrize("guide_name", sorted(GUIDES) + ["private"])
+def test_every_guide_runs_the_diagnostics_of_examples_diagnose(guide_name):
+    model, guide = tiny_model_and_guide(guide_name)
+    assert isinstance(guide, ExpertGuide)
+    batch = {name: torch.randn(3, *shape) for name, shape in TINY_SHAPES.items()}
+    idata = posterior_inference_data(guide, batch, num_draws=40, num_chains=2)
+    assert idata.posterior["z"].shape == (2, 40, 3, LATENT_DIM)
+    assert list(idata.constant_data["expert_sd"]["modality"].values) == ["a", "b"]
+    assert list(expert_spread(guide, batch).index) == ["a", "b"]
+    agreement = expert_agreement(guide, batch, num_samples=10)
+    assert len(agreement) == 3 and np.isfinite(agreement["symmetric_kl"]).all()
+    khat = psis_khat(model, guide, batch, num_particles=200)
+    assert khat.shape == (3,) and not np.isnan(khat).any()
+    ais = annealed_importance_sampling(model.prior(), num_chains=10, num_temperatures=5)
+    estimate = evaluate_log_likelihood(model, guide, [batch], 4, ais=ais)
+    assert estimate.per_example.shape == (3,) and math.isfinite(estimate.mean)
+    figure = plot_transitions(model, prior_chains(model.prior(), num_chains=2).states, [0, 5])
+    assert len(figure.axes) == 2 * 2 * 2  # modalities x chains x steps
+
+
+class PosteriorOnlyGuide(nn.Module):
+    """A guide with a posterior but no per-modality experts."""
+
+    modalities = ["a", "b"]
+    num_draws = 1
+
+    def posterior(self, batch):
+        return dist.Normal(torch.zeros(3, LATENT_DIM), 1.0).to_event(1)
+
+    def forward(self, batch, *, num_draws=None):
+        with pyro.plate("draws", 1, dim=-2), pyro.plate("data", 3, dim=-1):
+            return pyro.sample("z", self.posterior(batch))
+
+
+def test_a_guide_without_experts_is_refused_by_the_expert_diagnostics_and_served_by_the_others():
+    guide, batch = PosteriorOnlyGuide(), {name: torch.randn(3, *shape) for name, shape in TINY_SHAPES.items()}
+    for diagnostic in (posterior_inference_data, expert_spread, expert_agreement):
+        with pytest.raises(ValueError, match=f"{diagnostic.__name__} compares .* PosteriorOnlyGuide has no experts"):
+            diagnostic(guide, batch)
+    model, _ = tiny_model_and_guide("moe")
+    assert psis_khat(model, guide, batch, num_particles=200).shape == (3,)
+

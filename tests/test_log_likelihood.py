@@ -5,14 +5,19 @@ import math
 import pytest
 import torch
 
-from guides import MixtureOfExpertsGuide
-from models import MultimodalVAE
+from torch import nn
+
+from guides import MixtureOfExpertsGuide, PrivateLatentGuide, ProductOfExpertsGuide
+from models import MultimodalVAE, PrivateLatentVAE
 from pyro_mmebm import EnergyBasedPrior, LaplacePrior, Likelihood, NormalPrior
 from pyro_mmebm.ebm import annealed_importance_sampling
 from pyro_mmebm.evaluation import evaluate_log_likelihood, importance_log_weights, log_likelihood
+from pyro_mmebm.networks import MLPDecoder
 from tests.test_diagnostics import (
     LATENT_DIM,
     NOISE,
+    POST_GAIN,
+    POST_PRECISION,
     AffineEncoder,
     gaussian_batch,
     gaussian_guide,
@@ -91,3 +96,57 @@ def test_importance_log_weights_use_unscaled_likelihoods():
     expected = importance_log_weights(plain, guide, batch, 3)
     torch.manual_seed(1)
     torch.testing.assert_close(importance_log_weights(scaled, guide, batch, 3), expected)
+
+
+def test_log_likelihood_with_the_exact_product_of_experts_posterior_is_exact():
+    # As a function of z, each modality's likelihood is N(z; x, NOISE²): experts N(x, NOISE²) times the
+    # prior expert N(0, 1) are the exact posterior, so every weight is p(X).
+    experts = {name: AffineEncoder(1.0, NOISE) for name in ("a", "b")}
+    guide = ProductOfExpertsGuide(experts, LATENT_DIM)
+    batch = gaussian_batch()
+    assert guide.posterior(batch).mean.allclose(POST_GAIN * batch["a"])
+    assert guide.posterior(batch).stddev.allclose(torch.full_like(batch["a"], POST_PRECISION**-0.5))
+    estimate = log_likelihood(gaussian_model(), guide, batch, 5)
+    torch.testing.assert_close(estimate, exact_gaussian_log_likelihood(batch["a"]), atol=1e-4, rtol=0)
+    assert importance_log_weights(gaussian_model(), guide, batch, 5).shape == (5, 3)
+
+
+class WithPriorPrivateLatents(nn.Module):
+    """An expert of ``z`` that also gives ``q(w | x) = Laplace(0, 1)``, the private latents' prior."""
+
+    def __init__(self, shared: nn.Module, private_dim: int) -> None:
+        super().__init__()
+        self.shared, self.private_dim = shared, private_dim
+
+    def forward(self, x):
+        loc, scale = self.shared(x)
+        return (torch.cat([loc, loc.new_zeros(len(x), self.private_dim)], -1),
+                torch.cat([scale, scale.new_ones(len(x), self.private_dim)], -1))
+
+
+def ignoring_private_latents(private_dim):
+    decoder = MLPDecoder(LATENT_DIM + private_dim, (LATENT_DIM,), hidden=(), output="identity")
+    with torch.no_grad():
+        decoder.net[1].weight.copy_(torch.cat([torch.eye(LATENT_DIM), torch.zeros(LATENT_DIM, private_dim)], 1))
+        decoder.net[1].bias.zero_()
+    return decoder
+
+
+def test_private_latents_drawn_from_their_prior_and_ignored_leave_the_weights_unchanged():
+    # p(w) / q(w | x) = 1 for every draw of w, and the decoders ignore w: the weights of z are those of
+    # the same model without private latents, draw for draw.
+    likelihoods = {"a": Likelihood("normal", NOISE), "b": Likelihood("normal", NOISE)}
+    plain_experts = {"a": AffineEncoder(POST_GAIN, 0.4), "b": AffineEncoder(POST_GAIN, 0.4, 0.3)}
+    plain = MultimodalVAE({"a": identity_decoder(), "b": identity_decoder()}, likelihoods, NormalPrior(LATENT_DIM))
+    private = PrivateLatentVAE(
+        {name: ignoring_private_latents(2) for name in ("a", "b")}, likelihoods, NormalPrior(LATENT_DIM), 2
+    )
+    private_guide = PrivateLatentGuide(
+        {name: WithPriorPrivateLatents(expert, 2) for name, expert in plain_experts.items()}, LATENT_DIM, 2
+    )
+    batch = gaussian_batch()
+    torch.manual_seed(2)
+    expected = importance_log_weights(plain, MixtureOfExpertsGuide(plain_experts, LATENT_DIM), batch, 4)
+    torch.manual_seed(2)
+    torch.testing.assert_close(importance_log_weights(private, private_guide, batch, 4), expected)
+

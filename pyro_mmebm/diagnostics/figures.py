@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from torch import Tensor, nn
+from torch import Tensor
+
+from pyro_mmebm.contracts import MultimodalModel
 
 CELL_INCHES = 1.1
 
@@ -51,7 +53,7 @@ def _draw_cell(ax: Axes, item: Tensor, lo: float, hi: float, decode_text: Callab
 
 @torch.no_grad()
 def plot_transitions(
-    model: nn.Module,
+    model: MultimodalModel,
     states: Tensor,
     steps: Sequence[int],
     *,
@@ -64,7 +66,7 @@ def plot_transitions(
     as images (values mapped from ``[min(0, lo), max(1, hi)]`` of the panel to grey levels), integer
     token sequences (a categorical likelihood's decoded mode) as text, other real items as strips.
 
-    :param model: has ``decode(z) -> {modality: (*batch, *item)}`` (:class:`~models.MultimodalVAE`).
+    :param model: its ``decode(z) -> {modality: (*batch, *item)}`` draws the figure.
     :param states: chain states ``(K + 1, chains, d)``, e.g. ``prior_chains(prior, 4).states``.
     :param steps: the steps to show, e.g. ``[0, 10, 20, ..., K]``.
     :param decode_text: maps a token sequence ``(length,)`` to a string; default: the ids joined by spaces.

@@ -13,14 +13,14 @@ read the same digit from it as from its source [1]:
 
 The test-set objective is :func:`pyro_mmebm.training.evaluate_loss`.
 
-The model and guide are used through a small duck-typed API: ``model.modalities``, ``model.decode(z)``
-(``{name: mean}`` for ``z`` of shape ``(*batch, d)``), ``model.generate(n)`` (``(z, {name: mean})``
-from the prior) and ``guide.posterior({name: x})`` (``q(z | X_S)`` for the modalities in the dict).
-A model whose decoders need more than ``z`` (private latents) provides
-``model.cross_generate(guide, source_batch) -> {name: mean}``; its means have shape ``(B, *item)``,
-or ``(K, B, *item)`` with one entry per stratum of ``guide.posterior(source_batch)`` when that is a
-:class:`~pyro_mmebm.distributions.StratifiedMixtureOfExperts` (one stratum is then kept per example,
-uniformly at random, like :func:`sample_mixture`).
+The model and guide are modules used through their contracts
+(:mod:`pyro_mmebm.contracts`): ``model.modalities``, ``model.decode(z)``, ``model.generate(n)``
+(:class:`~pyro_mmebm.contracts.MultimodalModel`) and ``guide.posterior({name: x})``, ``q(z | X_S)``
+for the modalities in the dict (:class:`~pyro_mmebm.contracts.Guide`). A model whose decoders need
+more than ``z`` (private latents) generates with its ``cross_generate(guide, source_batch)``
+(:class:`~pyro_mmebm.contracts.CrossGeneratingModel`); of means with one entry per stratum of a
+:class:`~pyro_mmebm.distributions.StratifiedMixtureOfExperts` posterior, one stratum is then kept per
+example, uniformly at random, like :func:`sample_mixture`.
 
 [1] Shi, Siddharth, Paige, Torr (2019) "Variational Mixture-of-Experts Autoencoders for Multi-Modal
     Deep Generative Models". [2] Sutter, Daunhawer, Vogt (2021) "Generalized Multimodal ELBO".
@@ -46,6 +46,7 @@ from torch.nn import functional as F
 
 from pyro_mmebm._torchvision import utils as tv_utils
 from pyro_mmebm.batch import prepare_batch, split_batch
+from pyro_mmebm.contracts import CrossGeneratingModel, Guide, MultimodalModel
 from pyro_mmebm.atomic import atomic_save_json
 from pyro_mmebm.distributions import StratifiedMixtureOfExperts
 
@@ -123,17 +124,17 @@ def posterior_mean(posterior: TorchDistribution, num_samples: int = 16) -> Tenso
         return sample_mixture(posterior, torch.Size([num_samples])).mean(0)
 
 
-def generate_from(model: nn.Module, guide: nn.Module, source: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def generate_from(model: MultimodalModel, guide: Guide, source: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Every modality's mean given the modalities in ``source``: ``{name: (B, *item)}``.
 
     ``z`` is one mixture draw from ``guide.posterior(source)`` (:func:`sample_mixture`), decoded by
-    ``model.decode``; a model with a ``cross_generate(guide, source)`` method uses it instead.
+    ``model.decode``; a :class:`~pyro_mmebm.contracts.CrossGeneratingModel` uses its
+    ``cross_generate(guide, source)`` instead.
     """
     with torch.no_grad():
-        cross_generate = getattr(model, "cross_generate", None)
-        if cross_generate is None:
+        if not isinstance(model, CrossGeneratingModel):
             return model.decode(sample_mixture(guide.posterior(source)))
-        generated = cross_generate(guide, source)
+        generated = model.cross_generate(guide, source)
         posterior = guide.posterior(source)
         if not isinstance(posterior, StratifiedMixtureOfExperts):
             return dict(generated)
@@ -148,7 +149,7 @@ def generate_from(model: nn.Module, guide: nn.Module, source: Mapping[str, Tenso
 
 
 def generated_labels(
-    model: nn.Module,
+    model: MultimodalModel,
     classifiers: Mapping[str, nn.Module],
     num_samples: int,
     *,
@@ -177,7 +178,7 @@ def generated_labels(
 
 
 def joint_coherence(
-    model: nn.Module,
+    model: MultimodalModel,
     classifiers: Mapping[str, nn.Module],
     num_samples: int,
     *,
@@ -199,8 +200,8 @@ def joint_coherence(
 
 
 def aggregate_posterior_coherence(
-    model: nn.Module,
-    guide: nn.Module,
+    model: MultimodalModel,
+    guide: Guide,
     classifiers: Mapping[str, nn.Module],
     loader: Iterable,
     *,
@@ -325,8 +326,8 @@ def source_subsets(
 
 
 def cross_coherence(
-    model: nn.Module,
-    guide: nn.Module,
+    model: MultimodalModel,
+    guide: Guide,
     classifiers: Mapping[str, nn.Module],
     loader: Iterable,
     *,
@@ -374,7 +375,7 @@ def cross_coherence(
 
 
 def _latent_features(
-    guide: nn.Module, loader: Iterable, device: torch.device, num_batches: Optional[int]
+    guide: Guide, loader: Iterable, device: torch.device, num_batches: Optional[int]
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Posterior means ``{modality or "all": (N, d)}`` and labels ``(N,)``, on the CPU."""
     features: dict[str, list[Tensor]] = {}
@@ -413,7 +414,7 @@ def fit_logistic_regression(
 
 
 def linear_probe_accuracy(
-    guide: nn.Module,
+    guide: Guide,
     train_loader: Iterable,
     test_loader: Iterable,
     *,
@@ -550,7 +551,7 @@ def _save_rows(
 
 
 def save_joint_grid(
-    model: nn.Module,
+    model: MultimodalModel,
     path: str | Path,
     num_samples: int,
     *,
@@ -569,8 +570,8 @@ def save_joint_grid(
 
 
 def save_cross_grid(
-    model: nn.Module,
-    guide: nn.Module,
+    model: MultimodalModel,
+    guide: Guide,
     batch: Any,
     source: str | Sequence[str],
     path: str | Path,
