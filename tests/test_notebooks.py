@@ -6,7 +6,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "examples" / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "examples" / "notebooks"
 CELL_TIMEOUT = 120  # seconds per cell; each notebook takes 15-60 s in all on two busy CPU cores
 
 
@@ -24,6 +25,8 @@ def test_notebook_runs(name, figures, tmp_path, monkeypatch):
     notebook.cells.insert(position + 1, nbformat.v4.new_code_cell(f"OUTPUT_DIR = {str(tmp_path)!r}"))
     # The kernel inherits this: the notebooks' tensors are tiny, so extra threads only add contention.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # ... and imports the library of this checkout, as the examples' subprocesses do, whichever is installed.
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
     client = NotebookClient(
         notebook, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
     )

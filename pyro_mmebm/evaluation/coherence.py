@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
