@@ -37,6 +37,7 @@ import pyro
 import torch
 from PIL import Image
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
@@ -48,6 +49,7 @@ from pyro_mmebm.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint,
 from pyro_mmebm.data import MNISTSVHN, CUBImageCaption, InMemoryBatches, PolyMNIST, strided_subset
 from pyro_mmebm.data.cub import TEST_CAPTIONS, TRAIN_CAPTIONS
 from pyro_mmebm.device import select_device
+from pyro_mmebm.distributed import ProcessGroup, process_group_from_environment, seed_epoch, set_epoch, shard_loader
 from pyro_mmebm.evaluation import load_or_train_classifier
 from pyro_mmebm.diagnostics.figures import plot_energy_histograms
 from pyro_mmebm.evaluation.coherence import (
@@ -68,10 +70,12 @@ from pyro_mmebm.networks import ARCHITECTURES, CAPTION_LENGTH
 from pyro_mmebm.objectives import OBJECTIVES, SubsampledELBO
 from pyro_mmebm.priors import PRIORS
 from pyro_mmebm.run_folder import RESUMES_KEY, claim_run_folder
+from pyro_mmebm.tensorboard import TensorBoardLog
 from pyro_mmebm.training import TrainConfig, end_epoch, evaluate_loss, fit
 
 EXPERIMENT_CONFIG_NAME = "experiment.json"
 RESULTS_NAME = "results.json"
+TENSORBOARD_FOLDER = "tensorboard"
 TWO_STAGE_HISTORY_NAME = "two_stage_metrics.json"
 
 
@@ -130,6 +134,9 @@ class ExperimentConfig:
     checkpoint of a run that differs in its prior only, to start from (see :func:`pyro_mmebm.fit`). ``extra``: free-form
     notes kept with the run.
 
+    ``tensorboard``: log training and evaluation to ``out/tensorboard`` as well (needs the
+    ``tensorboard`` package).
+
     The run's folder: ``resume`` continues the run in ``out``; ``overwrite`` deletes the run there
     first; without either, a folder holding a run is refused. ``resumes`` is the run's history of
     resumes that changed a setting (see :data:`RESUMABLE_FIELDS`), written by :func:`run`.
@@ -168,6 +175,7 @@ class ExperimentConfig:
     max_energy_gap: float = 1e3
     seed: int = 0
     device: str = "auto"
+    tensorboard: bool = False
     eval_size: int = 1000
     eval_batch_size: int = 250
     joint_samples: int = 1000
@@ -204,12 +212,12 @@ ARCHITECTURE_FIELDS = ("dataset", "latent_dim", "private_latent_dim", "guide")
 
 RUN_FILE_PATTERNS = (
     EXPERIMENT_CONFIG_NAME, CHECKPOINT_NAME, CONFIG_NAME, "metrics.json", TWO_STAGE_HISTORY_NAME, RESULTS_NAME,
-    "*.png", ".*.tmp",
+    "*.png", ".*.tmp", f"{TENSORBOARD_FOLDER}/*",
 )
 """The files :func:`run` writes into ``config.out``: a folder holding any of them holds a run."""
 
 RESUMABLE_FIELDS = (
-    "epochs", "two_stage_epochs", "max_energy_gap", "ebm_generation_steps", "device", "data_root",
+    "epochs", "two_stage_epochs", "max_energy_gap", "ebm_generation_steps", "device", "tensorboard", "data_root",
     "source_root", "download", "cache_dir", "eval_size", "eval_batch_size", "joint_samples",
     "probe_train_size", "max_source_size", "classifier_epochs", "extra",
 )
@@ -536,7 +544,8 @@ def fit_prior_to_posterior(
     ``−mean TiltedLaplace.log_prob(z)``, whose α-gradient is the maximum-likelihood gradient
     ``−(E_q[∇_α f_α(z)] − E_{p_α}[∇_α f_α(z⁻)])``, the expectation under the prior on short-run
     Langevin negatives. Checkpoints and ``resume`` work as in :func:`pyro_mmebm.fit`, and the energy
-    gap is watched in the same way.
+    gap is watched in the same way; inside a ``torch.distributed`` group it trains data-parallel as
+    ``fit`` does (the prior's loss wrapped in ``DistributedDataParallel``).
     """
     device = device or next(model.parameters()).device
     model.to(device)
@@ -544,15 +553,25 @@ def fit_prior_to_posterior(
     freeze(model, guide)
     model.prior.requires_grad_(True)
     model.prior.train()
+    group = ProcessGroup.current()
+    progress = progress and group.is_main
     pyro.set_rng_seed(config.seed)
     optimizer = torch.optim.Adam(model.prior.parameters(), lr=config.prior_lr, betas=config.prior_betas)
     out_dir = Path(out_dir) if out_dir is not None else None
     history, start_epoch = resume_state(
         out_dir, {"model": model, "guide": guide}, optimizer, resume=resume, map_location=device
     )
+    loader = shard_loader(loader, group, config.seed)
+    prior_loss: nn.Module = PriorNegativeLogLikelihood(model.prior)
+    if group.is_distributed:
+        prior_loss = DistributedDataParallel(
+            prior_loss, device_ids=[device] if device.type == "cuda" else None, forward_sync_buffers=False
+        )
     monitor = getattr(model.prior, "monitor", None)
     step = sum(record.get("steps", 0) for record in history)
     for epoch in range(start_epoch, config.epochs):
+        seed_epoch(group, config.seed, epoch)
+        set_epoch(loader, epoch)
         started = time.perf_counter()
         losses, gaps = [], []
         bar = tqdm(loader, desc=f"prior epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
@@ -561,14 +580,20 @@ def fit_prior_to_posterior(
             with torch.no_grad():
                 z = guide.posterior(prepare_batch(batch, device)).sample()
             optimizer.zero_grad(set_to_none=True)
-            loss = -model.prior().log_prob(z).mean()
+            loss = prior_loss(z)
             loss.backward()
             optimizer.step()
             step += 1
-            losses.append(float(loss.detach()))
+            local = [loss.detach()]
+            if monitor is not None and monitor.gap is not None:
+                local += [monitor.positive_mean, monitor.negative_mean]
+            reduced = [value / group.world_size for value in group.sum(local, device)]
+            losses.append(reduced[0])
             if not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"prior loss became {losses[-1]} at step {step}")
-            if monitor is not None and monitor.gap is not None:
+            if len(reduced) == 3:
+                if group.is_distributed:  # every process checks the same gap, so all stop together
+                    monitor.record(torch.tensor(reduced[1]), torch.tensor(reduced[2]))
                 monitor.check(config.max_energy_gap, step, getattr(model.prior, "step_size", None))
                 gaps.append(monitor.gap)
                 bar.set_postfix(gap=f"{monitor.gap:.3g}")
@@ -581,9 +606,21 @@ def fit_prior_to_posterior(
             record["energy_gap_last"] = gaps[-1]
         end_epoch(
             record, history, {"model": model, "guide": guide}, optimizer, config.to_dict(),
-            out_dir=out_dir, metrics_name=TWO_STAGE_HISTORY_NAME, progress=progress,
+            out_dir=out_dir if group.is_main else None, metrics_name=TWO_STAGE_HISTORY_NAME, progress=progress,
         )
     return history
+
+
+class PriorNegativeLogLikelihood(nn.Module):
+    """``−mean log p_α(z)`` of latents ``z`` under ``prior()``, as a module (so that
+    ``DistributedDataParallel`` can wrap it)."""
+
+    def __init__(self, prior: nn.Module) -> None:
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, z: Tensor) -> Tensor:
+        return -self.prior().log_prob(z).mean()
 
 
 def _load_first_stage(config: ExperimentConfig, train_set: Dataset, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -739,6 +776,11 @@ def run(config: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
     Writes ``experiment.json``, a checkpoint per epoch, ``results.json`` and PNG grids into
     ``config.out``, prints a one-row table and returns the results. A folder holding another run is
     refused unless ``config.resume`` or ``config.overwrite`` (:func:`claim_out_folder`).
+
+    Launched by ``torchrun`` with several processes, it joins their process group
+    (:func:`~pyro_mmebm.distributed.process_group_from_environment`) and trains data-parallel; rank 0
+    alone claims the folder, writes files and evaluates, and the other processes return the training
+    history only.
     """
     if config.smoke and Path(config.data_root) != Path(config.out) / "smoke_data":
         config = smoke_config(config)
@@ -754,11 +796,21 @@ def run(config: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
         config = dataclasses.replace(config, **{name: getattr(first, name) for name in ARCHITECTURE_FIELDS})
         if not config.prior.startswith("ebm"):
             raise ValueError(f"two-stage training fits an EBM prior; got prior {config.prior!r}")
-    device = select_device(config.device)
+    with process_group_from_environment(config.device) as (group, device_name):
+        return _run(config, group, select_device(device_name), progress=progress and group.is_main)
+
+
+def _run(config: ExperimentConfig, group: ProcessGroup, device: torch.device, *, progress: bool) -> dict[str, Any]:
     out = Path(config.out)
+    if not group.is_main:  # rank 0 first writes what is missing (generated or fake data), then the rest read
+        group.barrier()
     train_set, test_set = build_datasets(config)
-    config = claim_out_folder(config)
+    if group.is_main:
+        config = claim_out_folder(config)
+        group.barrier()
+    config = group.broadcast(config)
     loader = train_loader(config, train_set)
+    tensorboard = out / TENSORBOARD_FOLDER if config.tensorboard else None
     if config.two_stage_from is not None:
         model, guide = _load_first_stage(config, train_set, device)
         train_config = dataclasses.replace(config.train_config(), epochs=config.two_stage_epochs)
@@ -770,12 +822,29 @@ def run(config: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
         history = fit(
             model, guide, loader, config.train_config(), elbo=build_objective(config), out_dir=out,
             resume=config.resume, start_from=config.start_from, device=device, progress=progress,
+            tensorboard=tensorboard,
         )
     results = {"config": config.to_dict(), "history": history, "train_seconds": sum(r["seconds"] for r in history)}
+    if not group.is_main:
+        return results
     results.update(evaluate(config, model, guide, train_set, test_set, device, progress))
     save_results_json(results, out / RESULTS_NAME)
+    if tensorboard is not None:
+        log_evaluation(tensorboard, results, out, step=sum(record.get("steps") or 0 for record in history))
     print(format_table([summary_row(out.name, results)]))
     return results
+
+
+def log_evaluation(log_dir: Path, results: Mapping[str, Any], out: Path, step: int) -> None:
+    """The headline numbers of an evaluation (:func:`summary_row`) and its sample grids (the PNGs
+    in ``out``) as TensorBoard scalars ``eval/...`` and images at training step ``step``."""
+    log = TensorBoardLog(log_dir)
+    row = summary_row(out.name, results)
+    log.scalars({f"eval/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "train_s"}, step)
+    for path in sorted(out.glob("*.png")):
+        image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        log.images(f"samples/{path.stem}", image.float() / 255, step)
+    log.close()
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -835,6 +904,9 @@ def add_arguments(parser, *, dataset_defaults: Mapping[str, Any]) -> None:
     option("--max-energy-gap", "max_energy_gap", float, "stop when |E_q f - E_p f| exceeds this")
     option("--seed", "seed", int, "random seed")
     option("--device", "device", str, "auto (cuda when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--tensorboard", action="store_true", help="log training and evaluation to OUT/tensorboard (needs tensorboard)"
+    )
     option("--eval-size", "eval_size", int, "test examples for coherence and the probe")
     option("--joint-samples", "joint_samples", int, "prior samples for joint coherence")
     option("--max-source-size", "max_source_size", int, "largest source subset for cross coherence")

@@ -19,11 +19,14 @@ import pyro
 import torch
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pyro_mmebm.batch import prepare_batch, split_batch
 from pyro_mmebm.atomic import atomic_save_json
+from pyro_mmebm.batch import prepare_batch, split_batch
 from pyro_mmebm.checkpoint import resume_state, save_checkpoint, start_from_other_prior
+from pyro_mmebm.distributed import ProcessGroup, seed_epoch, set_epoch, shard_loader
+from pyro_mmebm.tensorboard import TensorBoardLog
 
 
 @dataclass
@@ -86,8 +89,7 @@ def _num_draws(guide: nn.Module) -> dict[str, int]:
     return {"num_draws": guide.num_draws} if hasattr(guide, "num_draws") else {}
 
 
-def _check_finite(loss: Tensor, step: int) -> float:
-    value = float(loss)
+def _check_finite(value: float, step: int) -> float:
     if not math.isfinite(value):
         raise FloatingPointError(f"training loss became {value} at step {step}")
     return value
@@ -135,6 +137,10 @@ def end_epoch(
         atomic_save_json(history, out_dir / metrics_name)
 
 
+def _learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {f"lr/{group.get('name', i)}": group["lr"] for i, group in enumerate(optimizer.param_groups)}
+
+
 def fit(
     model: nn.Module,
     guide: nn.Module,
@@ -148,6 +154,7 @@ def fit(
     start_from: Optional[str | Path] = None,
     device: Optional[torch.device] = None,
     progress: bool = True,
+    tensorboard: Optional[str | Path] = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` and ``guide`` for ``config.epochs`` epochs; return per-epoch metrics.
 
@@ -160,10 +167,21 @@ def fit(
     differs in its prior only, e.g. a Laplace run's epoch at the end of an EBM warm-up) starts a run
     that has no checkpoint of its own there (:func:`~pyro_mmebm.checkpoint.start_from_other_prior`).
     Batches are checked and converted once, as they enter (:func:`~pyro_mmebm.batch.prepare_batch`).
+    With ``tensorboard`` (a folder), losses, energies, learning rates and step times are logged there
+    as well (:class:`~pyro_mmebm.tensorboard.TensorBoardLog`).
+
+    **Several processes.** Inside a joined ``torch.distributed`` group (e.g. launched by ``torchrun``,
+    see :mod:`pyro_mmebm.distributed`) the same call trains data-parallel: the ELBO module is wrapped
+    in ``DistributedDataParallel``, ``train_loader`` is sharded by rank, each process draws its own
+    Langevin negatives, the loss, the energy gap (and so the divergence stop) and the metrics are
+    reduced over all processes, and rank 0 alone writes checkpoints, TensorBoard events and progress.
+    A checkpoint resumes on any number of processes.
     """
     device = device or next(model.parameters()).device
     model.to(device)
     guide.to(device)
+    group = ProcessGroup.current()
+    progress = progress and group.is_main
     pyro.set_rng_seed(config.seed)
     optimizer = make_optimizer(model, guide, config)
     loss_fn = (elbo or Trace_ELBO(max_plate_nesting=2))(model, guide)
@@ -173,39 +191,66 @@ def fit(
     )
     if start_from is not None and not history:
         history, start_epoch = start_from_other_prior(start_from, model, guide, optimizer, map_location=device)
-    monitor = getattr(getattr(model, "prior", None), "monitor", None)
-    step_size = getattr(getattr(model, "prior", None), "step_size", None)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    step = sum(record.get("steps", 0) for record in history)
+    train_loader = shard_loader(train_loader, group, config.seed)
+    if group.is_distributed:
+        # The energy network is unused during a warm-up with the base prior. Buffers (batch norm
+        # statistics, persistent chains) start as rank 0's, then stay each process's own.
+        loss_fn = DistributedDataParallel(
+            loss_fn, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=start_epoch < config.prior_warmup_epochs, forward_sync_buffers=False,
+        )
     prior = getattr(model, "prior", None)
+    monitor = getattr(prior, "monitor", None)
+    step_size = getattr(prior, "step_size", None)
+    params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
+    step = sum(record.get("steps", 0) for record in history)
+    log = TensorBoardLog(tensorboard, purge_step=step + 1) if tensorboard is not None and group.is_main else None
     for epoch in range(start_epoch, config.epochs):
         model.train()
         guide.train()
         if hasattr(prior, "tilted"):
             prior.tilted = epoch >= config.prior_warmup_epochs
+        seed_epoch(group, config.seed, epoch)
+        set_epoch(train_loader, epoch)
         started = time.perf_counter()
         loss_sum, count, gaps, energies = 0.0, 0, [], []
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for item in bar:
+            step_started = time.perf_counter()
             batch, _ = split_batch(item)
             batch = _to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(batch, **_num_draws(guide))
-            loss.backward()
+            # The loss is a sum over examples and DDP averages gradients: scaled by the number of
+            # processes, a step's gradient is that of the concatenated batch of all processes.
+            (loss * group.world_size if group.is_distributed else loss).backward()
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             step += 1
-            size = next(iter(batch.values())).shape[0]
-            loss_sum += _check_finite(loss.detach(), step)
-            count += size
+            ebm_active = monitor is not None and monitor.gap is not None
+            local = [loss.detach(), next(iter(batch.values())).shape[0]]
+            if ebm_active:
+                local += [monitor.positive_mean, monitor.negative_mean]
+            reduced = group.sum(local, device)
+            loss_sum += _check_finite(reduced[0], step)
+            count += int(reduced[1])
             postfix = {"loss": f"{loss_sum / count:.1f}"}
-            if monitor is not None and monitor.gap is not None:
+            scalars = {"train/loss": reduced[0] / reduced[1]}
+            if ebm_active:
+                positive, negative = reduced[2] / group.world_size, reduced[3] / group.world_size
+                if group.is_distributed:  # every process checks the same gap, so all stop together
+                    monitor.record(torch.tensor(positive), torch.tensor(negative))
                 monitor.check(config.max_energy_gap, step, step_size)
                 gaps.append(monitor.gap)
-                energies.append((float(monitor.positive_mean), float(monitor.negative_mean)))
+                energies.append((positive, negative))
                 postfix["gap"] = f"{monitor.gap:.3g}"
+                scalars.update({"ebm/energy_gap": monitor.gap, "ebm/f_positive": positive, "ebm/f_negative": negative})
             bar.set_postfix(postfix)
+            if log is not None:
+                scalars.update(_learning_rates(optimizer))
+                scalars["time/step_seconds"] = time.perf_counter() - step_started
+                log.scalars(scalars, step)
         record: dict[str, Any] = {
             "epoch": epoch,
             "steps": len(bar) if hasattr(bar, "__len__") else None,
@@ -217,14 +262,20 @@ def fit(
             record["energy_gap_last"] = gaps[-1]
             record["f_positive"] = sum(p for p, _ in energies) / len(energies)
             record["f_negative"] = sum(n for _, n in energies) / len(energies)
-        if val_loader is not None:
+        if val_loader is not None and group.is_main:
             model.eval()
             guide.eval()
             record["val_loss"] = evaluate_loss(model, guide, val_loader, elbo=elbo, device=device)
+        record = group.broadcast(record)
+        if log is not None:
+            log.scalars({f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "steps")}, step)
+            log.flush()
         end_epoch(
             record, history, {"model": model, "guide": guide}, optimizer, config.to_dict(),
-            out_dir=out_dir, metrics_name="metrics.json", progress=progress,
+            out_dir=out_dir if group.is_main else None, metrics_name="metrics.json", progress=progress,
         )
+    if log is not None:
+        log.close()
     if hasattr(prior, "tilted"):
         prior.tilted = True
     return history

@@ -9,6 +9,7 @@ memory instead keep their images as ``uint8`` tensors, one per modality, and a b
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Iterator, Mapping, Optional
 
@@ -23,6 +24,8 @@ class InMemoryBatches:
     epoch; ``len`` is its number of batches. The order comes from torch's global random stream (so a
     checkpoint, which saves that stream, resumes the same order). ``uint8`` images are divided by 255
     into float32 per batch, exactly as the data sets' ``__getitem__`` does.
+
+    For data-parallel training, :meth:`sharded` gives one process's part of every epoch.
 
     :param modalities: ``{name: tensor (N, *item_shape)}``, ``uint8`` (images in 0..255) or floating.
     :param labels: ``(N,)`` integer labels, or ``None``.
@@ -60,6 +63,28 @@ class InMemoryBatches:
         self.shuffle = shuffle
         self.epoch_size = epoch_size or self.num_examples
         self.drop_last = drop_last
+        self.rank, self.world_size, self.seed, self.epoch = 0, 1, 0, 0
+
+    def sharded(self, rank: int, world_size: int, seed: int) -> "InMemoryBatches":
+        """The batches of process ``rank`` of ``world_size``, as ``DistributedSampler`` deals them.
+
+        Every epoch's order is drawn from ``seed + epoch`` (set with :meth:`set_epoch`) on every
+        process, padded by repeating its start to a multiple of ``world_size``, and dealt out by rank:
+        the shards of an epoch are disjoint (but for the padding) and all have the same length.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        shard = copy.copy(self)
+        shard.rank, shard.world_size, shard.seed = rank, world_size, seed
+        return shard
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order a sharded loader deals out next."""
+        self.epoch = epoch
+
+    @property
+    def _examples_per_process(self) -> int:
+        return math.ceil(self.epoch_size / self.world_size)
 
     def to(self, device: torch.device | str) -> "InMemoryBatches":
         """Move the stored tensors to ``device`` (the whole data set on the GPU); return ``self``."""
@@ -70,14 +95,22 @@ class InMemoryBatches:
 
     def __len__(self) -> int:
         rounding = math.floor if self.drop_last else math.ceil
-        return rounding(self.epoch_size / self.batch_size)
+        return rounding(self._examples_per_process / self.batch_size)
+
+    def _order(self) -> Tensor:
+        if self.world_size == 1:
+            return torch.randperm(self.num_examples) if self.shuffle else torch.arange(self.num_examples)
+        if self.shuffle:
+            order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.num_examples)
+        order = order[: self.epoch_size]
+        padded = torch.cat([order, order[: self._examples_per_process * self.world_size - self.epoch_size]])
+        return padded[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[dict[str, Tensor], Optional[Tensor]]]:
         device = next(iter(self.modalities.values())).device
-        if self.shuffle:
-            order = torch.randperm(self.num_examples)[: self.epoch_size].to(device)
-        else:
-            order = torch.arange(self.epoch_size, device=device)
+        order = self._order()[: self._examples_per_process].to(device)
         for batch in range(len(self)):
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             images = {name: _as_float(x.index_select(0, index)) for name, x in self.modalities.items()}
