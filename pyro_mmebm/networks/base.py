@@ -8,7 +8,7 @@ input's shape up front, so a wrong input is reported in terms of the data, not o
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,11 @@ SCALE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 """Maps from an encoder's unconstrained output to a positive scale, keyed by name."""
 
 
+def _autocast(dtype: torch.dtype, device_type: str) -> torch.autocast:
+    """Autocast to ``dtype`` for a network's layers."""
+    return torch.autocast(device_type, dtype=dtype)
+
+
 def _shape_str(shape: Sequence[int | str]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
@@ -35,7 +40,9 @@ class Encoder(nn.Module):
     """Base class: ``x`` of shape ``(B, *event_shape)`` → ``(loc, scale)``, each ``(B, latent_dim)``.
 
     Subclasses build their layers and implement :meth:`loc_and_raw_scale`; this class checks the
-    input and maps the raw scale through the chosen :data:`SCALE_ACTIVATIONS` entry.
+    input and maps the raw scale through the chosen :data:`SCALE_ACTIVATIONS` entry. With
+    ``compute_dtype`` set (e.g. ``torch.bfloat16``, see :func:`pyro_mmebm.speed.use_mixed_precision`)
+    the layers run under autocast to it, and ``loc`` and ``scale`` come back in the input's dtype.
 
     :param event_shape: shape of one data item.
     :param latent_dim: dimension of the latent.
@@ -56,6 +63,7 @@ class Encoder(nn.Module):
         self.event_shape = torch.Size(event_shape)
         self.latent_dim = latent_dim
         self.scale_activation = scale_activation
+        self.compute_dtype: Optional[torch.dtype] = None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(loc, scale)``, each of shape ``(B, latent_dim)``."""
@@ -69,7 +77,13 @@ class Encoder(nn.Module):
             raise ValueError(f"{name} expects integer token ids, got a tensor of dtype {x.dtype}")
         if not self.token_input and not x.is_floating_point():
             raise ValueError(f"{name} expects a floating-point batch, got a tensor of dtype {x.dtype}")
-        loc, raw_scale = self.loc_and_raw_scale(x)
+        if self.compute_dtype is None:
+            loc, raw_scale = self.loc_and_raw_scale(x)
+        else:
+            with _autocast(self.compute_dtype, x.device.type):
+                loc, raw_scale = self.loc_and_raw_scale(x)
+            dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()  # tokens: the default
+            loc, raw_scale = loc.to(dtype), raw_scale.to(dtype)
         return loc, SCALE_ACTIVATIONS[self.scale_activation](raw_scale)
 
     def loc_and_raw_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,7 +95,8 @@ class Decoder(nn.Module):
     """Base class: ``z`` of shape ``(N, latent_dim)`` → the likelihood's parameter for each item.
 
     Subclasses implement :meth:`decode`. The model flattens sample dimensions before calling a
-    decoder, so ``z`` must be 2-D.
+    decoder, so ``z`` must be 2-D. With ``compute_dtype`` set, the layers run under autocast to it and
+    the output comes back in ``z``'s dtype.
 
     :param latent_dim: dimension of the latent.
     :param event_shape: shape of one data item.
@@ -93,6 +108,7 @@ class Decoder(nn.Module):
             raise ValueError(f"latent_dim must be positive, got {latent_dim}")
         self.latent_dim = latent_dim
         self.event_shape = torch.Size(event_shape)
+        self.compute_dtype: Optional[torch.dtype] = None
 
     def forward(self, z: Tensor) -> Tensor:
         """Return the likelihood's parameter, of shape ``(N, *event_shape)`` (captions: plus vocabulary)."""
@@ -101,7 +117,11 @@ class Decoder(nn.Module):
                 f"{type(self).__name__} expects latents of shape (N, {self.latent_dim}), "
                 f"got {_shape_str(z.shape)}"
             )
-        return self.decode(z)
+        if self.compute_dtype is None:
+            return self.decode(z)
+        with _autocast(self.compute_dtype, z.device.type):
+            out = self.decode(z)
+        return out.to(z.dtype) if out.is_floating_point() else out
 
     def decode(self, z: Tensor) -> Tensor:
         """The likelihood's parameter for a checked ``z`` of shape ``(N, latent_dim)``."""
