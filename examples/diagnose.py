@@ -17,6 +17,7 @@ Run: ``python examples/diagnose.py --run runs/polymnist_ebm --out runs/polymnist
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -59,11 +60,11 @@ def test_batch(test_set, n: int, device: torch.device) -> dict[str, torch.Tensor
 
 def diagnose_prior(prior: TiltedLaplace, model, posterior_z, out: Path, args) -> dict:
     results: dict = {}
-    k, s = prior.num_steps, prior.step_size
-    short = prior_chains(prior, args.chains, num_steps=k)
+    k, s = prior.langevin.steps, prior.langevin.step_size
+    short = prior_chains(prior, args.chains)
     steps = sorted(set(np.linspace(0, k, 6).round().astype(int).tolist()))
     plot_transitions(model, short.states, steps, path=out / "transitions.png")
-    long = prior_chains(prior, args.chains, num_steps=args.long_steps)
+    long = prior_chains(prior, args.chains, langevin=dataclasses.replace(prior.langevin, steps=args.long_steps))
     summary = mixing_summary(langevin_inference_data(long, warmup=args.long_steps // 2))
     (out / "prior_mixing.md").write_text(_table(summary) + "\n")
     results["mixing"] = summary["mixing"].value_counts().to_dict()

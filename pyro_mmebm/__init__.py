@@ -4,9 +4,11 @@ from pyro_mmebm import _torchvision  # noqa: F401  (first: makes torchvision imp
 from pyro_mmebm.distributions import StratifiedMixtureOfExperts
 from pyro_mmebm.ebm import (
     EBMDivergenceError,
+    EBMPriorConfig,
     EnergyBasedPrior,
     EnergyGapMonitor,
     EnergyMLP,
+    LangevinConfig,
     LangevinDivergenceError,
     PersistentChains,
     TiltedLaplace,
@@ -21,10 +23,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EBMDivergenceError",
+    "EBMPriorConfig",
     "EnergyBasedPrior",
     "EnergyGapMonitor",
     "EnergyMLP",
     "LaplacePrior",
+    "LangevinConfig",
     "LangevinDivergenceError",
     "Likelihood",
     "NormalPrior",

@@ -63,7 +63,7 @@ from pyro_mmebm.evaluation.coherence import (
     sample_mixture,
     save_results_json,
 )
-from pyro_mmebm.ebm import EnergyBasedPrior
+from pyro_mmebm.ebm import EBMPriorConfig, EnergyBasedPrior, LangevinConfig
 from pyro_mmebm.ebm.langevin import langevin_sample
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.networks import ARCHITECTURES, CAPTION_LENGTH
@@ -449,15 +449,15 @@ def build_prior(config: ExperimentConfig) -> nn.Module:
     """``PRIORS[config.prior](latent_dim, ...)``, the EBM settings passed to EBM priors."""
     if config.prior not in PRIORS:
         raise ValueError(f"unknown prior {config.prior!r}; choose one of {sorted(PRIORS)}")
-    options: dict[str, Any] = {}
-    if config.prior.startswith("ebm"):
-        options = {
-            "hidden_dim": config.ebm_hidden, "depth": config.ebm_depth, "num_steps": config.langevin_steps,
-            "step_size": config.langevin_step_size, "regularisation": config.ebm_regularisation,
-            "persistent": config.ebm_persistent, "spectral_norm": config.ebm_spectral_norm,
-            "generation_steps": config.ebm_generation_steps,
-        }
-    return PRIORS[config.prior](config.latent_dim, **options)
+    if not config.prior.startswith("ebm"):
+        return PRIORS[config.prior](config.latent_dim)
+    ebm = EBMPriorConfig(
+        hidden=config.ebm_hidden, depth=config.ebm_depth, regularisation=config.ebm_regularisation,
+        spectral_norm=config.ebm_spectral_norm, persistent=config.ebm_persistent,
+        generation_steps=config.ebm_generation_steps,
+        langevin=LangevinConfig(steps=config.langevin_steps, step_size=config.langevin_step_size),
+    )
+    return PRIORS[config.prior](config.latent_dim, ebm)
 
 
 def _network_options(arch: str, dataset: Dataset) -> dict[str, Any]:
@@ -594,7 +594,7 @@ def fit_prior_to_posterior(
             if len(reduced) == 3:
                 if group.is_distributed:  # every process checks the same gap, so all stop together
                     monitor.record(torch.tensor(reduced[1]), torch.tensor(reduced[2]))
-                monitor.check(config.max_energy_gap, step, getattr(model.prior, "step_size", None))
+                monitor.check(config.max_energy_gap, step, model.prior.config.langevin.step_size)
                 gaps.append(monitor.gap)
                 bar.set_postfix(gap=f"{monitor.gap:.3g}")
         record: dict[str, Any] = {
@@ -736,17 +736,16 @@ def energy_overlap(model: nn.Module, guide: nn.Module, loader: Iterable, figure_
         sample_mixture(guide.posterior({name: x.to(device) for name, x in batch.items()})) for batch, _ in loader
     ])
     samples = {"posterior q(z|X)": posterior}
-    generation = prior()
-    samples[f"prior, Langevin K={generation.sample_steps}"] = generation.sample((len(posterior),))
-    if generation.sample_steps != generation.num_steps:
-        samples[f"prior, Langevin K={generation.num_steps}"] = langevin_sample(
-            generation.unnormalized_log_prob, generation.base_dist.sample((len(posterior),)),
-            generation.num_steps, generation.step_size,
+    p_alpha = prior()
+    generated = f"prior, Langevin K={p_alpha.generation.steps}"
+    samples[generated] = p_alpha.sample((len(posterior),))
+    if p_alpha.generation != p_alpha.langevin:
+        samples[f"prior, Langevin K={p_alpha.langevin.steps}"] = langevin_sample(
+            p_alpha.unnormalized_log_prob, p_alpha.base_dist.sample((len(posterior),)), p_alpha.langevin
         )
     plot_energy_histograms(prior.energy, samples, path=figure_path)
     means = {label: float(prior.energy(z).mean()) for label, z in samples.items()}
-    generated = means[f"prior, Langevin K={generation.sample_steps}"]
-    return {"f_mean": means, "gap": means["posterior q(z|X)"] - generated}
+    return {"f_mean": means, "gap": means["posterior q(z|X)"] - means[generated]}
 
 
 def summary_row(name: str, results: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from pyro_mmebm.atomic import atomic_save_json
 from pyro_mmebm.batch import prepare_batch, split_batch
 from pyro_mmebm.checkpoint import resume_state, save_checkpoint, start_from_other_prior
+from pyro_mmebm.ebm import EnergyBasedPrior
 from pyro_mmebm.distributed import ProcessGroup, seed_epoch, set_epoch, shard_loader
 from pyro_mmebm.tensorboard import TensorBoardLog
 
@@ -201,7 +202,7 @@ def fit(
         )
     prior = getattr(model, "prior", None)
     monitor = getattr(prior, "monitor", None)
-    step_size = getattr(prior, "step_size", None)
+    step_size = prior.config.langevin.step_size if isinstance(prior, EnergyBasedPrior) else None
     params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
     step = sum(record.get("steps", 0) for record in history)
     log = TensorBoardLog(tensorboard, purge_step=step + 1) if tensorboard is not None and group.is_main else None

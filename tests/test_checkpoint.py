@@ -14,7 +14,7 @@ import torch
 
 from guides import MixtureOfExpertsGuide
 from models import MultimodalVAE
-from pyro_mmebm import EnergyBasedPrior, Likelihood, TrainConfig, fit
+from pyro_mmebm import EBMPriorConfig, EnergyBasedPrior, LangevinConfig, Likelihood, TrainConfig, fit
 from pyro_mmebm.atomic import atomic_directory
 from pyro_mmebm.checkpoint import (
     CHECKPOINT_NAME,
@@ -39,7 +39,9 @@ def tiny_data(n: int = 96, seed: int = 0) -> list[tuple[dict[str, torch.Tensor],
 
 def tiny_model(persistent: bool = False):
     torch.manual_seed(0)
-    prior = EnergyBasedPrior(2, 16, 2, num_steps=3, persistent=persistent)
+    prior = EnergyBasedPrior(
+        2, EBMPriorConfig(hidden=16, depth=2, persistent=persistent, langevin=LangevinConfig(steps=3))
+    )
     decoders = {k: MLPDecoder(2, (6,), hidden=(16,), output="identity") for k in "ab"}
     model = MultimodalVAE(decoders, {k: Likelihood("normal", 0.1) for k in "ab"}, prior)
     guide = MixtureOfExpertsGuide({k: MLPEncoder((6,), 2, hidden=(16,)) for k in "ab"}, 2)

@@ -11,7 +11,15 @@ from torch import nn
 
 from guides import GUIDES, MixtureOfExpertsGuide, PrivateLatentGuide
 from models import MultimodalVAE, PrivateLatentVAE
-from pyro_mmebm import EnergyBasedPrior, Likelihood, NormalPrior, TiltedLaplace, langevin_run
+from pyro_mmebm import (
+    EBMPriorConfig,
+    EnergyBasedPrior,
+    LangevinConfig,
+    Likelihood,
+    NormalPrior,
+    TiltedLaplace,
+    langevin_run,
+)
 from pyro_mmebm.contracts import ExpertGuide
 from pyro_mmebm.diagnostics import (
     compare_marginals,
@@ -61,7 +69,7 @@ def linear_tilt(a):
 
 
 def test_langevin_inference_data_groups_dims_and_shapes():
-    run = langevin_run(standard_normal, torch.randn(3, 2), num_steps=30, step_size=0.5, record=True)
+    run = langevin_run(standard_normal, torch.randn(3, 2), LangevinConfig(steps=30, step_size=0.5), record=True)
     idata = langevin_inference_data(run, warmup=10, thin=3, save_warmup=True)
     assert set(idata.groups()) == {"posterior", "sample_stats", "warmup_posterior", "warmup_sample_stats"}
     z = idata.posterior["z"]
@@ -76,13 +84,14 @@ def test_langevin_inference_data_groups_dims_and_shapes():
     assert idata.warmup_posterior["z"].shape == (3, 4, 2)  # steps 0, 3, 6, 9
     assert "warmup_posterior" not in langevin_inference_data(run, warmup=10).groups()
     with pytest.raises(ValueError, match="record=True"):
-        langevin_inference_data(langevin_run(standard_normal, torch.randn(3, 2), 5, 0.5))
+        langevin_inference_data(langevin_run(standard_normal, torch.randn(3, 2), LangevinConfig(5, 0.5)))
     with pytest.raises(ValueError, match="warmup"):
         langevin_inference_data(run, warmup=31)
 
 
 def test_prior_chains_start_from_the_base_and_use_the_prior_settings():
-    prior = EnergyBasedPrior(LATENT_DIM, hidden_dim=8, depth=2, num_steps=7, step_size=0.2)()
+    settings = EBMPriorConfig(hidden=8, depth=2, langevin=LangevinConfig(steps=7, step_size=0.2))
+    prior = EnergyBasedPrior(LATENT_DIM, settings)()
     run = prior_chains(prior, num_chains=5)
     assert run.states.shape == (8, 5, LATENT_DIM) and run.step_size == 0.2
     idata = langevin_inference_data(run)
@@ -93,7 +102,7 @@ def test_rhat_near_one_for_a_well_mixing_target():
     # Unadjusted Langevin on N(0, I) with s = 1 is an AR(1) chain with coefficient 1 − s²/2 = 0.5:
     # about 900/3 = 300 effective draws per chain after warm-up, so R-hat is 1 to within ~0.005.
     init = 3 * torch.randn(4, 2)  # over-dispersed starts
-    run = langevin_run(standard_normal, init, num_steps=1000, step_size=1.0, record=True)
+    run = langevin_run(standard_normal, init, LangevinConfig(steps=1000, step_size=1.0), record=True)
     table = mixing_summary(langevin_inference_data(run, warmup=100))
     assert list(table.index) == ["z[0]", "z[1]"]
     assert (table["r_hat"] < 1.01).all() and (table["mixing"] == "ok").all()
@@ -104,7 +113,7 @@ def test_rhat_flags_chains_stuck_in_different_modes():
     # Two chains in each mode with s = 0.05: the barrier is never crossed, so the between-chain
     # variance (modes 6√2 apart) dwarfs the within-chain variance (0.5² per coordinate).
     init = torch.tensor([[3.0, 3.0], [3.0, 3.0], [-3.0, -3.0], [-3.0, -3.0]])
-    run = langevin_run(two_modes, init, num_steps=400, step_size=0.05, record=True)
+    run = langevin_run(two_modes, init, LangevinConfig(steps=400, step_size=0.05), record=True)
     table = mixing_summary(langevin_inference_data(run, warmup=100))
     assert (table["r_hat"] > 1.5).all() and (table["mixing"] == "poor").all()
 
@@ -157,7 +166,7 @@ def tiny_model(prior):
 
 
 def test_transition_figure_decodes_every_modality(tmp_path):
-    prior = EnergyBasedPrior(LATENT_DIM, hidden_dim=8, depth=2, num_steps=10)
+    prior = EnergyBasedPrior(LATENT_DIM, EBMPriorConfig(hidden=8, depth=2, langevin=LangevinConfig(steps=10)))
     model = tiny_model(prior)
     run = prior_chains(prior(), num_chains=3)
     sentences = []
@@ -176,7 +185,7 @@ def test_transition_figure_decodes_every_modality(tmp_path):
 
 
 def test_energy_histograms_figure(tmp_path):
-    prior = EnergyBasedPrior(LATENT_DIM, hidden_dim=8, depth=2)
+    prior = EnergyBasedPrior(LATENT_DIM, EBMPriorConfig(hidden=8, depth=2))
     path = tmp_path / "energy.png"
     figure = plot_energy_histograms(
         prior.energy,
@@ -295,7 +304,7 @@ TINY_SHAPES = {"a": (4,), "b": (3,)}
 def tiny_model_and_guide(guide_name):
     """A tiny EBM-prior model with the guide ``guide_name`` (a key of ``GUIDES``, or ``"private"``)."""
     torch.manual_seed(0)
-    prior = EnergyBasedPrior(LATENT_DIM, hidden_dim=8, depth=2, num_steps=5)
+    prior = EnergyBasedPrior(LATENT_DIM, EBMPriorConfig(hidden=8, depth=2, langevin=LangevinConfig(steps=5)))
     likelihoods = {name: Likelihood("normal") for name in TINY_SHAPES}
     width = LATENT_DIM + (PRIVATE_DIM if guide_name == "private" else 0)
     decoders = {name: MLPDecoder(width, shape, hidden=(8,), output="identity") for name, shape in TINY_SHAPES.items()}

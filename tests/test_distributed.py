@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 
 from guides import MixtureOfExpertsGuide
 from models import MultimodalVAE
-from pyro_mmebm import EnergyBasedPrior, Likelihood, TrainConfig, fit
+from pyro_mmebm import EBMPriorConfig, EnergyBasedPrior, LangevinConfig, Likelihood, TrainConfig, fit
 from pyro_mmebm import training
 from pyro_mmebm.checkpoint import read_checkpoint
 from pyro_mmebm.data import InMemoryBatches
@@ -45,7 +45,7 @@ def data() -> InMemoryBatches:
 
 def build() -> tuple[MultimodalVAE, MixtureOfExpertsGuide]:
     pyro.set_rng_seed(3)
-    prior = EnergyBasedPrior(LATENT, hidden_dim=8, depth=2, num_steps=3, step_size=0.3)
+    prior = EnergyBasedPrior(LATENT, EBMPriorConfig(hidden=8, depth=2, langevin=LangevinConfig(steps=3, step_size=0.3)))
     decoders = {k: MLPDecoder(LATENT, (FEATURES,), hidden=(16,), output="identity") for k in "ab"}
     model = MultimodalVAE(decoders, {k: Likelihood("normal", 0.5) for k in "ab"}, prior)
     guide = MixtureOfExpertsGuide({k: MLPEncoder((FEATURES,), LATENT, hidden=(16,)) for k in "ab"}, LATENT)

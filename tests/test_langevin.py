@@ -7,7 +7,13 @@ import torch
 from scipy import stats
 
 from pyro_mmebm.ebm.energy import EnergyMLP
-from pyro_mmebm.ebm.langevin import LangevinDivergenceError, PersistentChains, langevin_run, langevin_sample
+from pyro_mmebm.ebm.langevin import (
+    LangevinConfig,
+    LangevinDivergenceError,
+    PersistentChains,
+    langevin_run,
+    langevin_sample,
+)
 from tests.reference import grid_1d, grid_2d, laplace_log_density, weights
 
 NUM_CHAINS = 10000
@@ -37,7 +43,7 @@ def _quadrature_moments(log_density, points):
 def test_1d_bimodal_matches_quadrature_moments_and_cdf():
     torch.manual_seed(0)
     init = torch.distributions.Laplace(0.0, 1.0).sample((NUM_CHAINS, 1))
-    samples = langevin_sample(bimodal_1d, init, num_steps=NUM_STEPS, step_size=STEP_SIZE).double()
+    samples = langevin_sample(bimodal_1d, init, LangevinConfig(NUM_STEPS, STEP_SIZE)).double()
     z, _ = grid_1d()
     w, mean, cov = _quadrature_moments(bimodal_1d, z[:, None])
     sd = cov[0, 0].sqrt()
@@ -58,7 +64,7 @@ def test_1d_bimodal_matches_quadrature_moments_and_cdf():
 def test_2d_bimodal_matches_quadrature_moments_and_marginals():
     torch.manual_seed(1)
     init = torch.distributions.Laplace(0.0, 1.0).sample((NUM_CHAINS, 2))
-    samples = langevin_sample(bimodal_2d, init, num_steps=NUM_STEPS, step_size=STEP_SIZE).double()
+    samples = langevin_sample(bimodal_2d, init, LangevinConfig(NUM_STEPS, STEP_SIZE)).double()
     n = 721
     points, _ = grid_2d(-9, 9, n)
     w, mean, cov = _quadrature_moments(bimodal_2d, points)
@@ -84,14 +90,16 @@ def test_too_large_step_raises_clear_error_naming_step_size():
         return (-2.0 * z**2 - 0.5 * z**2).sum(-1)
 
     with pytest.raises(LangevinDivergenceError, match="step size 2.0"):
-        langevin_sample(log_density, torch.randn(100, 2), num_steps=200, step_size=2.0)
+        langevin_sample(log_density, torch.randn(100, 2), LangevinConfig(steps=200, step_size=2.0))
 
 
 def test_invalid_settings_raise():
-    with pytest.raises(ValueError, match="step size"):
-        langevin_sample(lambda z: -z.pow(2).sum(-1), torch.zeros(3, 2), 10, -0.1)
+    with pytest.raises(ValueError, match="langevin_step_size .* must be a positive number"):
+        LangevinConfig(steps=10, step_size=-0.1)
+    with pytest.raises(ValueError, match="langevin_steps .* must be at least 0"):
+        LangevinConfig(steps=-1)
     with pytest.raises(ValueError, match="one value per state"):
-        langevin_sample(lambda z: -z.pow(2), torch.zeros(3, 2), 10, 0.1)
+        langevin_sample(lambda z: -z.pow(2), torch.zeros(3, 2), LangevinConfig(10, 0.1))
 
 
 def test_runs_under_no_grad_without_building_a_graph_through_the_chain():
@@ -102,15 +110,15 @@ def test_runs_under_no_grad_without_building_a_graph_through_the_chain():
 
     init = torch.randn(8, 3)
     with torch.no_grad():
-        samples = langevin_sample(log_density, init, num_steps=5, step_size=0.1)
+        samples = langevin_sample(log_density, init, LangevinConfig(5, 0.1))
     assert samples.shape == init.shape and not samples.requires_grad
-    samples = langevin_sample(log_density, init, num_steps=5, step_size=0.1)
+    samples = langevin_sample(log_density, init, LangevinConfig(5, 0.1))
     assert samples.grad_fn is None and not samples.requires_grad
     assert all(p.grad is None for p in energy.parameters())
 
 
 def test_record_returns_states_and_statistics():
-    run = langevin_run(lambda z: -0.5 * z.pow(2).sum(-1), torch.zeros(4, 5, 3), num_steps=7, step_size=0.2, record=True)
+    run = langevin_run(lambda z: -0.5 * z.pow(2).sum(-1), torch.zeros(4, 5, 3), LangevinConfig(7, 0.2), record=True)
     assert run.states.shape == (8, 4, 5, 3)
     assert run.log_density.shape == (8, 4, 5) and run.grad_norm.shape == (8, 4, 5)
     assert torch.equal(run.states[0], torch.zeros(4, 5, 3)) and torch.equal(run.states[-1], run.samples)

@@ -9,7 +9,7 @@ from torch import nn
 
 from guides import MixtureOfExpertsGuide, PrivateLatentGuide, ProductOfExpertsGuide
 from models import MultimodalVAE, PrivateLatentVAE
-from pyro_mmebm import EnergyBasedPrior, LaplacePrior, Likelihood, NormalPrior
+from pyro_mmebm import EBMPriorConfig, EnergyBasedPrior, LaplacePrior, Likelihood, NormalPrior
 from pyro_mmebm.ebm import annealed_importance_sampling
 from pyro_mmebm.evaluation import evaluate_log_likelihood, importance_log_weights, log_likelihood
 from pyro_mmebm.networks import MLPDecoder
@@ -51,7 +51,7 @@ def test_log_likelihood_with_a_wider_proposal_converges():
 
 def laplace_and_constant_ebm_models():
     """Two models identical but for the prior: Laplace, and an EBM whose f ≡ 1.5 (so log Z = 1.5)."""
-    ebm = EnergyBasedPrior(LATENT_DIM, hidden_dim=4, depth=2)
+    ebm = EnergyBasedPrior(LATENT_DIM, EBMPriorConfig(hidden=4, depth=2))
     with torch.no_grad():
         for p in ebm.energy.parameters():
             p.zero_()

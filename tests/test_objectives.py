@@ -11,7 +11,7 @@ from torch.distributions import MultivariateNormal
 
 from guides import GUIDES, ProductOfExpertsGuide
 from models import MultimodalVAE
-from pyro_mmebm import TrainConfig, evaluate_loss, fit
+from pyro_mmebm import EBMPriorConfig, LangevinConfig, TrainConfig, evaluate_loss, fit
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.networks import SCALE_EPS, MLPDecoder, MLPEncoder
 from pyro_mmebm.objectives import OBJECTIVES, DReG, IWAE, SubsampledELBO, stratified_elbo
@@ -155,7 +155,7 @@ def test_iwae_tightens_with_k_towards_the_log_likelihood(guide_name, limit_gap):
 def test_iwae_and_dreg_with_one_sample_equal_the_elbo_with_an_ebm_prior():
     torch.manual_seed(0)
     shapes = {"a": (4,), "b": (3,)}
-    prior = PRIORS["ebm"](LATENT_DIM, hidden_dim=8, depth=2, num_steps=3)
+    prior = PRIORS["ebm"](LATENT_DIM, EBMPriorConfig(hidden=8, depth=2, langevin=LangevinConfig(steps=3)))
     model = MultimodalVAE(
         {name: MLPDecoder(LATENT_DIM, shape, hidden=(8,), output="identity") for name, shape in shapes.items()},
         {name: Likelihood("laplace", 0.75) for name in shapes},
@@ -249,11 +249,11 @@ def test_subsampled_elbo_is_the_joint_plus_unimodal_elbos():
 def tiny_setup(guide_name: str, prior_name: str):
     torch.manual_seed(0)
     shapes = {"a": (4,), "b": (3,), "c": (2,)}
-    options = {"hidden_dim": 8, "depth": 2, "num_steps": 2} if prior_name.startswith("ebm") else {}
+    options = [EBMPriorConfig(hidden=8, depth=2, langevin=LangevinConfig(steps=2))] if prior_name.startswith("ebm") else []
     model = MultimodalVAE(
         {name: MLPDecoder(LATENT_DIM, shape, hidden=(8,)) for name, shape in shapes.items()},
         {name: Likelihood("bernoulli") for name in shapes},
-        PRIORS[prior_name](LATENT_DIM, **options),
+        PRIORS[prior_name](LATENT_DIM, *options),
     )
     encoders = {name: MLPEncoder(shape, LATENT_DIM, hidden=(8,)) for name, shape in shapes.items()}
     guide = GUIDES[guide_name](encoders, LATENT_DIM)

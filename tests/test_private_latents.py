@@ -9,7 +9,7 @@ from pyro.infer import Trace_ELBO
 
 from guides import PrivateLatentGuide
 from models.private_latents import PrivateLatentVAE
-from pyro_mmebm import TrainConfig, fit
+from pyro_mmebm import EBMPriorConfig, LangevinConfig, TrainConfig, fit
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.networks import MLPDecoder, MLPEncoder
 from pyro_mmebm.objectives import OBJECTIVES, IWAE
@@ -23,11 +23,11 @@ BATCH_SIZE = 5
 
 def make_model_and_guide(prior_name: str = "ebm"):
     torch.manual_seed(0)
-    options = {"hidden_dim": 8, "depth": 2, "num_steps": 2} if prior_name.startswith("ebm") else {}
+    options = [EBMPriorConfig(hidden=8, depth=2, langevin=LangevinConfig(steps=2))] if prior_name.startswith("ebm") else []
     model = PrivateLatentVAE(
         {name: MLPDecoder(LATENT_DIM + PRIVATE_DIM, shape, hidden=(8,)) for name, shape in SHAPES.items()},
         {name: Likelihood("bernoulli") for name in SHAPES},
-        PRIORS[prior_name](LATENT_DIM, **options),
+        PRIORS[prior_name](LATENT_DIM, *options),
         PRIVATE_DIM,
     )
     encoders = {name: MLPEncoder(shape, LATENT_DIM + PRIVATE_DIM, hidden=(8,)) for name, shape in SHAPES.items()}

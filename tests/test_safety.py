@@ -25,7 +25,15 @@ from torch import nn
 
 from guides import MixtureOfExpertsGuide
 from models import MultimodalVAE
-from pyro_mmebm import EnergyBasedPrior, LangevinDivergenceError, Likelihood, TrainConfig, fit
+from pyro_mmebm import (
+    EBMPriorConfig,
+    EnergyBasedPrior,
+    LangevinConfig,
+    LangevinDivergenceError,
+    Likelihood,
+    TrainConfig,
+    fit,
+)
 from pyro_mmebm.atomic import atomic_save_json
 from pyro_mmebm.checkpoint import CHECKPOINT_NAME, CheckpointError, ExistingRunError
 from pyro_mmebm.data import DatasetFilesNotFoundError, PolyMNIST
@@ -46,6 +54,7 @@ from pyro_mmebm.run_folder import ResumeMismatchError
 from pyro_mmebm.training import evaluate_loss
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_EBM = EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=2))
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -245,7 +254,7 @@ def tiny_batches(shape: tuple[int, ...] = (6,), n: int = 32) -> list[dict[str, t
 
 @pytest.mark.parametrize("fault", ["inf", "shape"])
 def test_broken_energy_network_is_named_in_sampling_and_in_training(fault):
-    prior = EnergyBasedPrior(2, 16, 2, num_steps=3)
+    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=3)))
     prior.energy = BrokenEnergy(fault)
     problem = "returned inf or NaN" if fault == "inf" else "must return one value per latent"
     message = f"energy network f_α \\(BrokenEnergy\\) {problem}"
@@ -257,7 +266,8 @@ def test_broken_energy_network_is_named_in_sampling_and_in_training(fault):
 
 
 def test_langevin_step_far_too_large_for_the_laplace_base_is_refused():
-    prior = EnergyBasedPrior(2, 16, 2, num_steps=20, step_size=20.0)  # finite chains, |z| in the hundreds
+    # Finite chains, |z| in the hundreds:
+    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=20, step_size=20.0)))
     with pytest.raises(LangevinDivergenceError, match="base scales from the base's centre.*step size 20.0"):
         prior().sample((100,))
     model, guide = tiny_model(prior)
@@ -269,7 +279,7 @@ def test_langevin_step_far_too_large_for_the_laplace_base_is_refused():
 
 
 def test_batch_of_python_lists_is_refused_naming_the_modality():
-    model, guide = tiny_model(EnergyBasedPrior(2, 16, 2, num_steps=2))
+    model, guide = tiny_model(EnergyBasedPrior(2, TINY_EBM))
     batch = {k: v.tolist() for k, v in tiny_batches()[0].items()}
     with pytest.raises(TypeError, match="modality 'a' is a list, not a tensor"):
         fit(model, guide, [batch], TrainConfig(epochs=1), progress=False)
@@ -287,7 +297,7 @@ def test_batch_of_python_lists_is_refused_naming_the_modality():
     ],
 )
 def test_bad_batch_is_refused_once_where_it_enters(mutate, message):
-    model, guide = tiny_model(EnergyBasedPrior(2, 16, 2, num_steps=2))
+    model, guide = tiny_model(EnergyBasedPrior(2, TINY_EBM))
     batches = tiny_batches()
     mutate(batches[0])
     with pytest.raises(ValueError, match=message):
@@ -297,7 +307,7 @@ def test_bad_batch_is_refused_once_where_it_enters(mutate, message):
 
 
 def test_float64_batches_are_converted_to_the_default_dtype():
-    model, guide = tiny_model(EnergyBasedPrior(2, 16, 2, num_steps=2))
+    model, guide = tiny_model(EnergyBasedPrior(2, TINY_EBM))
     batches = [{k: v.double() for k, v in batch.items()} for batch in tiny_batches()]
     history = fit(model, guide, batches, TrainConfig(epochs=1), progress=False)
     assert np.isfinite(history[0]["loss"])
@@ -305,7 +315,7 @@ def test_float64_batches_are_converted_to_the_default_dtype():
 
 
 def test_float_images_in_0_255_are_refused():
-    model, guide = tiny_model(EnergyBasedPrior(2, 16, 2, num_steps=2), shape=(1, 4, 4))
+    model, guide = tiny_model(EnergyBasedPrior(2, TINY_EBM), shape=(1, 4, 4))
     batches = [{k: (v * 255).round() for k, v in batch.items()} for batch in tiny_batches((1, 4, 4))]
     with pytest.raises(ValueError, match="modality 'a' holds images with values up to 25.*divide them by 255"):
         fit(model, guide, batches, TrainConfig(epochs=1), progress=False)

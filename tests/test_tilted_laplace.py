@@ -9,7 +9,7 @@ import torch
 from pyro.infer import Predictive
 from torch import nn
 
-from pyro_mmebm import EnergyBasedPrior, EnergyGapMonitor, EnergyMLP, TiltedLaplace
+from pyro_mmebm import EBMPriorConfig, EnergyBasedPrior, EnergyGapMonitor, EnergyMLP, LangevinConfig, TiltedLaplace
 from tests.reference import grid_1d, grid_2d, laplace_log_density, log_normaliser
 
 NUM_NEGATIVES = 8000
@@ -27,9 +27,8 @@ class LinearTilt(nn.Module):
         return (z * self.a).sum(-1)
 
 
-def tilted(energy, d, **kwargs):
-    kwargs = {"num_steps": STEPS, "step_size": STEP_SIZE} | kwargs
-    return TiltedLaplace(energy, torch.zeros(d), torch.ones(d), **kwargs)
+def tilted(energy, d, steps=STEPS, **kwargs):
+    return TiltedLaplace(energy, torch.zeros(d), torch.ones(d), langevin=LangevinConfig(steps, STEP_SIZE), **kwargs)
 
 
 def test_log_prob_value_is_f_plus_base_log_density():
@@ -48,7 +47,7 @@ def test_linear_tilt_alpha_gradient_matches_asymmetric_laplace():
     torch.manual_seed(0)
     z = torch.randn(64, 2)
     # The heavier tail (scale 1/(1-|a|)) needs Langevin time 40 to mix (measured: bias < 1.5 SE).
-    tilted(energy, 2, num_negatives=20000, num_steps=2000).log_prob(z).mean().backward()
+    tilted(energy, 2, steps=2000, num_negatives=20000).log_prob(z).mean().backward()
     # log Z(a) = -sum_j log(1 - a_j^2), so grad_a log p_a(z) = z - 2a / (1 - a^2).
     exact = z.mean(0) - 2 * a / (1 - a**2)
     # Monte Carlo error: the estimate replaces E[z] by the mean of N negatives, SE = sd(z) / sqrt(N),
@@ -101,10 +100,10 @@ def test_regularisation_changes_gradient_not_value():
     energy = EnergyMLP(2, 8, 2)
     z = torch.randn(16, 2)
     torch.manual_seed(0)
-    plain = tilted(energy, 2, num_steps=5).log_prob(z)
+    plain = tilted(energy, 2, steps=5).log_prob(z)
     (g_plain,) = torch.autograd.grad(plain.sum(), [energy.net[-1].bias])
     torch.manual_seed(0)
-    reg = tilted(energy, 2, num_steps=5, regularisation=1.0).log_prob(z)
+    reg = tilted(energy, 2, steps=5, regularisation=1.0).log_prob(z)
     (g_reg,) = torch.autograd.grad(reg.sum(), [energy.net[-1].bias])
     assert torch.allclose(plain, reg)
     # d/db of -λ Σ_n (f(z_n)^2 + E f(z⁻)^2) adds -2λ Σ_n (f(z_n) + E f(z⁻)) to the bias gradient.
@@ -119,7 +118,7 @@ def test_no_negatives_when_gradients_are_off():
             calls.append(z.shape)
             return super().forward(z)
 
-    prior = tilted(Counting(2, 4, 2), 2, num_steps=3)
+    prior = tilted(Counting(2, 4, 2), 2, steps=3)
     with torch.no_grad():
         prior.log_prob(torch.zeros(7, 2))
     assert calls == [torch.Size([7, 2])]
@@ -128,20 +127,20 @@ def test_no_negatives_when_gradients_are_off():
 def test_monitor_records_energy_gap():
     monitor = EnergyGapMonitor()
     energy = LinearTilt([1.0, 0.0])
-    tilted(energy, 2, num_steps=2, monitor=monitor, num_negatives=4000).log_prob(torch.full((100, 2), 3.0))
+    tilted(energy, 2, steps=2, monitor=monitor, num_negatives=4000).log_prob(torch.full((100, 2), 3.0))
     # Positives sit at f = 3; negatives near E[z_1] = 2a/(1 - a^2), infinite at a = 1 but the
     # 2-step chains stay near the base: the gap is large and positive.
     assert monitor.gap > 2.0
 
 
 def test_shapes_expand_and_event():
-    prior = tilted(EnergyMLP(3, 8, 2), 3, num_steps=2)
+    prior = tilted(EnergyMLP(3, 8, 2), 3, steps=2)
     assert prior.batch_shape == () and prior.event_shape == (3,)
     assert prior.sample().shape == (3,) and prior.sample((4, 5)).shape == (4, 5, 3)
     expanded = prior.expand([2, 6])
     assert expanded.batch_shape == (2, 6) and expanded.sample().shape == (2, 6, 3)
     assert expanded.log_prob(torch.zeros(2, 6, 3)).shape == (2, 6)
-    assert expanded.num_steps == 2 and expanded.energy is prior.energy
+    assert expanded.langevin.steps == 2 and expanded.energy is prior.energy
     assert prior.expand([4]).to_event(1).log_prob(torch.zeros(4, 3)).shape == ()
     assert not prior.has_rsample
 
@@ -154,8 +153,10 @@ def test_validation_errors_name_the_problem():
         prior.log_prob(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="base"):
         TiltedLaplace(EnergyMLP(3), torch.zeros(3), torch.ones(3), base="cauchy")
-    with pytest.raises(ValueError):
-        TiltedLaplace(EnergyMLP(3), torch.zeros(3), torch.ones(3), step_size=0.0)
+    with pytest.raises(ValueError, match="regularisation"):
+        TiltedLaplace(EnergyMLP(3), torch.zeros(3), torch.ones(3), regularisation=-1.0)
+    with pytest.raises(ValueError, match="step_size"):
+        TiltedLaplace(EnergyMLP(3), torch.zeros(3), torch.ones(3), langevin=LangevinConfig(step_size=0.0))
 
 
 def test_normal_base():
@@ -168,7 +169,7 @@ def test_normal_base():
 
 
 def test_usable_in_a_pyro_model_with_plates_and_predictive():
-    prior = EnergyBasedPrior(4, 16, 2, num_steps=3)
+    prior = EnergyBasedPrior(4, EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=3)))
 
     def model(n):
         with pyro.plate("outer", 2, dim=-2), pyro.plate("data", n, dim=-1):
@@ -194,7 +195,9 @@ def test_diverging_prior_chain_raises_langevin_error_with_validation_on():
         def forward(self, z):
             return self.c * z.pow(2).sum(-1)  # f grows faster than log p0 falls: no normaliser
 
-    prior = TiltedLaplace(Explosive(), torch.zeros(2), torch.ones(2), num_steps=100, step_size=1.0, validate_args=True)
+    prior = TiltedLaplace(
+        Explosive(), torch.zeros(2), torch.ones(2), langevin=LangevinConfig(steps=100, step_size=1.0), validate_args=True
+    )
     with pytest.raises(LangevinDivergenceError, match="step size 1.0"):
         prior.sample((10,))
     with pytest.raises(LangevinDivergenceError, match="step size 1.0"):

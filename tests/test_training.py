@@ -5,9 +5,20 @@ import torch
 
 from guides import MixtureOfExpertsGuide
 from models import MultimodalVAE
-from pyro_mmebm import EBMDivergenceError, EnergyBasedPrior, LaplacePrior, Likelihood, TrainConfig, fit
+from pyro_mmebm import (
+    EBMDivergenceError,
+    EBMPriorConfig,
+    EnergyBasedPrior,
+    LangevinConfig,
+    LaplacePrior,
+    Likelihood,
+    TrainConfig,
+    fit,
+)
 from pyro_mmebm.checkpoint import CheckpointError, load_checkpoint
 from pyro_mmebm.networks import MLPDecoder, MLPEncoder
+
+SMALL_EBM = EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=3))
 
 CENTRES = torch.tensor([[2.5, 2.5], [-2.5, 2.5], [-2.5, -2.5], [2.5, -2.5]])
 
@@ -63,7 +74,8 @@ def test_ebm_prior_generates_coherent_pairs_more_often_than_laplace_prior():
     coherence, gaps = {}, []
     for name in ("laplace", "ebm"):
         torch.manual_seed(0)
-        prior = EnergyBasedPrior(2, 64, 3, num_steps=20) if name == "ebm" else LaplacePrior(2)
+        ebm = EBMPriorConfig(hidden=64, depth=3, langevin=LangevinConfig(steps=20))
+        prior = EnergyBasedPrior(2, ebm) if name == "ebm" else LaplacePrior(2)
         model, guide = build(prior)
         history = fit(model, guide, loader, config, progress=False)
         coherence[name] = joint_coherence(model, classifiers)
@@ -77,7 +89,7 @@ def test_ebm_prior_generates_coherent_pairs_more_often_than_laplace_prior():
 
 def test_divergent_energy_gap_stops_training_with_clear_error():
     data, labels = clustered_pairs(256, seed=0)
-    model, guide = build(EnergyBasedPrior(2, 16, 2, num_steps=2))
+    model, guide = build(EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=2))))
     with pytest.raises(EBMDivergenceError, match="step 1.*step size 0.3"):
         fit(model, guide, batches(data, labels), TrainConfig(epochs=1, max_energy_gap=1e-9), progress=False)
 
@@ -85,7 +97,7 @@ def test_divergent_energy_gap_stops_training_with_clear_error():
 def test_prior_gets_its_own_learning_rate_and_betas():
     from pyro_mmebm.training import make_optimizer
 
-    model, guide = build(EnergyBasedPrior(2, 16, 2))
+    model, guide = build(EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2)))
     config = TrainConfig(lr=1e-3, amsgrad=True, prior_lr=1e-5, prior_betas=(0.1, 0.9))
     optimizer = make_optimizer(model, guide, config)
     vae, prior = optimizer.param_groups
@@ -99,7 +111,7 @@ def test_prior_gets_its_own_learning_rate_and_betas():
 def _train(tmp_path, epochs, resume):
     data, labels = clustered_pairs(512, seed=0)
     torch.manual_seed(0)
-    model, guide = build(EnergyBasedPrior(2, 16, 2, num_steps=3))
+    model, guide = build(EnergyBasedPrior(2, SMALL_EBM))
     history = fit(
         model, guide, batches(data, labels), TrainConfig(epochs=epochs, seed=5), out_dir=tmp_path,
         resume=resume, progress=False,
@@ -120,7 +132,7 @@ def test_interrupted_training_resumes_exactly(tmp_path):
 
 def test_wrong_or_corrupt_checkpoint_gives_clear_error(tmp_path):
     _train(tmp_path, 1, resume=False)
-    other_model, other_guide = build(EnergyBasedPrior(2, 32, 2))  # different width
+    other_model, other_guide = build(EnergyBasedPrior(2, EBMPriorConfig(hidden=32, depth=2)))  # different width
     with pytest.raises(CheckpointError, match="does not match the model"):
         load_checkpoint(tmp_path, {"model": other_model, "guide": other_guide})
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
@@ -132,7 +144,7 @@ def test_wrong_or_corrupt_checkpoint_gives_clear_error(tmp_path):
 
 def test_warmup_trains_with_the_base_prior_then_switches_the_tilt_on():
     data, labels = clustered_pairs(256, seed=0)
-    model, guide = build(EnergyBasedPrior(2, 16, 2, num_steps=2))
+    model, guide = build(EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=2))))
     initial = [p.clone() for p in model.prior.energy.parameters()]
     history = fit(model, guide, batches(data, labels), TrainConfig(epochs=1, prior_warmup_epochs=1), progress=False)
     assert "energy_gap" not in history[0]  # no negatives were drawn during the warm-up
@@ -147,11 +159,11 @@ def test_warmup_trains_with_the_base_prior_then_switches_the_tilt_on():
 def test_generation_runs_its_own_number_of_langevin_steps(monkeypatch):
     from pyro_mmebm.ebm import tilted_laplace
 
-    prior = EnergyBasedPrior(2, 16, 2, num_steps=3, generation_steps=11)
+    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, generation_steps=11, langevin=LangevinConfig(3)))
     steps = []
     real = tilted_laplace.langevin_sample
     monkeypatch.setattr(
-        tilted_laplace, "langevin_sample", lambda f, init, k, s: steps.append(k) or real(f, init, k, s)
+        tilted_laplace, "langevin_sample", lambda f, init, langevin: steps.append(langevin.steps) or real(f, init, langevin)
     )
     prior().sample((5,))
     prior().log_prob(torch.zeros(4, 2, requires_grad=True))
@@ -164,7 +176,7 @@ def _warm_up_then_ebm(tmp_path, name, epochs, start_from=None, laplace=False):
     decoders = {k: MLPDecoder(2, (8,), hidden=(64,), output="identity") for k in "ab"}
     encoders = {k: MLPEncoder((8,), 2, hidden=(64,)) for k in "ab"}
     torch.manual_seed(1)  # the prior's own weights, the same whatever came before
-    prior = LaplacePrior(2) if laplace else EnergyBasedPrior(2, 16, 2, num_steps=3)
+    prior = LaplacePrior(2) if laplace else EnergyBasedPrior(2, SMALL_EBM)
     model = MultimodalVAE(decoders, {k: Likelihood("normal", 0.1) for k in "ab"}, prior)
     guide = MixtureOfExpertsGuide(encoders, 2)
     config = TrainConfig(epochs=epochs, prior_warmup_epochs=1, seed=3)
@@ -186,6 +198,6 @@ def test_starting_from_a_run_with_other_networks_is_refused(tmp_path):
 
     _warm_up_then_ebm(tmp_path, "laplace", 1, laplace=True)
     data, labels = clustered_pairs(64, seed=0)
-    model, guide = build(EnergyBasedPrior(3, 16, 2), d=3)
+    model, guide = build(EnergyBasedPrior(3, EBMPriorConfig(hidden=16, depth=2)), d=3)
     with pytest.raises(CheckpointError, match="differs from this one outside the prior"):
         fit(model, guide, batches(data, labels), TrainConfig(epochs=1), start_from=tmp_path / "laplace", progress=False)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from guides import MixtureOfExpertsGuide
 from models import MultimodalVAE
-from pyro_mmebm import EnergyBasedPrior, LaplacePrior, Likelihood
+from pyro_mmebm import EBMPriorConfig, EnergyBasedPrior, LangevinConfig, LaplacePrior, Likelihood
 from pyro_mmebm.networks import Encoder, MLPDecoder, MLPEncoder
 
 VOCABULARY = ("horizontal", "vertical", "top", "upper", "lower", "bottom")
@@ -65,7 +65,9 @@ class CaptionEncoder(Encoder):
 def build_model(prior: str = "ebm", latent_dim: int = 4) -> tuple[MultimodalVAE, MixtureOfExpertsGuide]:
     """The model (``prior``: ``"ebm"`` or ``"laplace"``) and its mixture-of-experts guide."""
     priors = {
-        "ebm": lambda: EnergyBasedPrior(latent_dim, hidden_dim=64, depth=3, num_steps=20, step_size=0.3),
+        "ebm": lambda: EnergyBasedPrior(
+            latent_dim, EBMPriorConfig(hidden=64, depth=3, langevin=LangevinConfig(steps=20, step_size=0.3))
+        ),
         "laplace": lambda: LaplacePrior(latent_dim),
     }
     decoders = {

@@ -34,7 +34,7 @@ from scipy import stats
 from torch import Tensor
 
 from pyro_mmebm.ebm import TiltedLaplace
-from pyro_mmebm.ebm.langevin import LangevinDivergenceError, LangevinRun, langevin_run
+from pyro_mmebm.ebm.langevin import LangevinConfig, LangevinDivergenceError, LangevinRun, langevin_run
 
 ArrayLike = Union[Tensor, np.ndarray]
 
@@ -53,28 +53,18 @@ def _check_unbatched(prior: TiltedLaplace) -> int:
 
 
 def prior_chains(
-    prior: TiltedLaplace,
-    num_chains: int = 4,
-    *,
-    num_steps: Optional[int] = None,
-    step_size: Optional[float] = None,
+    prior: TiltedLaplace, num_chains: int = 4, *, langevin: Optional[LangevinConfig] = None
 ) -> LangevinRun:
     """Run ``num_chains`` independent Langevin chains of ``prior`` from ``p0``, keeping every state.
 
     :param prior: the EBM prior (``model.prior()``), batch shape ``()``.
-    :param num_steps, step_size: ``K`` and ``s``; default the prior's own.
+    :param langevin: ``K`` and ``s``; default the prior's own (``prior.langevin``).
     :returns: a recorded :class:`~pyro_mmebm.ebm.langevin.LangevinRun`, ``states`` of shape
         ``(K + 1, num_chains, d)``.
     """
     _check_unbatched(prior)
     init = prior.base_dist.sample((num_chains,))
-    return langevin_run(
-        prior.unnormalized_log_prob,
-        init,
-        prior.num_steps if num_steps is None else num_steps,
-        prior.step_size if step_size is None else step_size,
-        record=True,
-    )
+    return langevin_run(prior.unnormalized_log_prob, init, langevin or prior.langevin, record=True)
 
 
 def _langevin_groups(run: LangevinRun, steps: np.ndarray) -> tuple[xr.Dataset, xr.Dataset]:
@@ -257,7 +247,7 @@ def langevin_sweep(
                 # failing p0's support check part-way.
                 with pyro.validation_enabled(False):
                     init = prior.base_dist.sample((num_samples,))
-                    run = langevin_run(prior.unnormalized_log_prob, init, steps, step_size)
+                    run = langevin_run(prior.unnormalized_log_prob, init, LangevinConfig(steps, step_size))
             except LangevinDivergenceError:
                 row["diverged"] = True  # the distance columns are left NaN
             else:

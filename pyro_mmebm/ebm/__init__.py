@@ -1,16 +1,18 @@
 """The energy-based prior ``p_α(z) ∝ exp(f_α(z)) p0(z)`` and everything it is made of.
 
 - :mod:`~pyro_mmebm.ebm.energy`: the energy network ``f_α`` (:class:`EnergyMLP`);
-- :mod:`~pyro_mmebm.ebm.langevin`: the short-run Langevin sampler and persistent chains;
+- :mod:`~pyro_mmebm.ebm.langevin`: the short-run Langevin sampler, its settings and persistent chains;
 - :mod:`~pyro_mmebm.ebm.tilted_laplace`: the prior as a Pyro distribution (:class:`TiltedLaplace`);
 - :mod:`~pyro_mmebm.ebm.monitoring`: the energy gap watched during training;
-- :mod:`~pyro_mmebm.ebm.prior`: the prior as a module (:class:`EnergyBasedPrior`), as a model uses it;
+- :mod:`~pyro_mmebm.ebm.prior`: the prior as a module (:class:`EnergyBasedPrior`), as a model uses it,
+  and its settings (:class:`EBMPriorConfig`);
 - :mod:`~pyro_mmebm.ebm.ais`: its normaliser ``log Z(α)`` by annealed importance sampling.
 """
 
 from pyro_mmebm.ebm.ais import AISResult, annealed_importance_sampling, sigmoid_schedule
 from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
 from pyro_mmebm.ebm.langevin import (
+    LangevinConfig,
     LangevinDivergenceError,
     LangevinRun,
     PersistentChains,
@@ -18,16 +20,18 @@ from pyro_mmebm.ebm.langevin import (
     langevin_sample,
 )
 from pyro_mmebm.ebm.monitoring import EBMDivergenceError, EnergyGapMonitor
-from pyro_mmebm.ebm.prior import EnergyBasedPrior
+from pyro_mmebm.ebm.prior import EBMPriorConfig, EnergyBasedPrior
 from pyro_mmebm.ebm.tilted_laplace import MAX_BASE_SCALES, TiltedLaplace
 
 __all__ = [
     "ACTIVATIONS",
     "AISResult",
     "EBMDivergenceError",
+    "EBMPriorConfig",
     "EnergyBasedPrior",
     "EnergyGapMonitor",
     "EnergyMLP",
+    "LangevinConfig",
     "LangevinDivergenceError",
     "LangevinRun",
     "MAX_BASE_SCALES",

@@ -7,7 +7,8 @@ One step is
     z_{k+1} = z_k + \\frac{s^2}{2} \\nabla_z \\log \\tilde p(z_k) + s \\, \\epsilon_k,
     \\qquad \\epsilon_k \\sim \\mathcal N(0, I),
 
-run for ``K`` steps from an initial state (for the EBM prior: draws from the base ``p0``).
+run for ``K`` steps from an initial state (for the EBM prior: draws from the base ``p0``). ``K`` and
+``s`` are a :class:`LangevinConfig`, checked when it is made.
 
 The chain never builds an autograd graph through its states: every step differentiates the log density
 with respect to the current state only (``torch.autograd.grad`` with ``inputs=z``), so parameters
@@ -23,14 +24,32 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
 
+from pyro_mmebm.settings import at_least, check_settings, positive, setting
+
 LogDensity = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class LangevinConfig:
+    """The settings of a short-run Langevin sampler: ``steps`` (``K``) steps of size ``step_size`` (``s``).
+
+    Impossible values (negative steps, a step size that is not a positive finite number) are refused
+    here, when the settings are made; the sampler takes them as they are.
+    """
+
+    settings_prefix: ClassVar[str] = "langevin"
+
+    steps: int = setting(50, "short-run Langevin steps K", check=at_least(0))
+    step_size: float = setting(0.3, "Langevin step size s", check=positive)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 class LangevinDivergenceError(FloatingPointError):
@@ -54,11 +73,6 @@ class LangevinRun:
     grad_norm: Optional[Tensor] = None
 
 
-def _check_step_size(step_size: float) -> None:
-    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"Langevin step size must be a positive finite number, got {step_size!r}")
-
-
 def log_density_and_grad(log_density: LogDensity, z: Tensor) -> tuple[Tensor, Tensor]:
     """``(log_density(z), ∇_z log_density(z))``, both detached; works under ``torch.no_grad()``."""
     with torch.enable_grad():
@@ -76,30 +90,27 @@ def log_density_and_grad(log_density: LogDensity, z: Tensor) -> tuple[Tensor, Te
 def langevin_run(
     log_density: LogDensity,
     init: Tensor,
-    num_steps: int,
-    step_size: float,
+    langevin: LangevinConfig,
     *,
     record: bool = False,
     generator: Optional[torch.Generator] = None,
 ) -> LangevinRun:
-    """Run ``num_steps`` Langevin steps on every row of ``init`` (shape ``(*batch, d)``).
+    """Run ``langevin.steps`` Langevin steps on every row of ``init`` (shape ``(*batch, d)``).
 
     :param log_density: ``z ↦ log p̃(z)``, mapping ``(*batch, d)`` to ``(*batch,)``.
     :param init: initial states; they are not modified.
-    :param num_steps: number of steps ``K`` (0 returns ``init``).
-    :param step_size: step size ``s``; the noise has standard deviation ``s``.
+    :param langevin: the number of steps ``K`` (0 returns ``init``) and the step size ``s`` (the noise
+        has standard deviation ``s``).
     :param record: keep every state and the per-step statistics (for diagnostics).
     :param generator: optional random generator for the noise.
     :raises LangevinDivergenceError: when a state becomes non-finite (NaN or ±inf), naming the step
         size and the first bad step.
     """
-    _check_step_size(step_size)
-    if num_steps < 0:
-        raise ValueError(f"number of Langevin steps must be non-negative, got {num_steps}")
+    steps, step_size = langevin.steps, langevin.step_size
     z = init.detach()
     half_step_sq = 0.5 * step_size**2
     states, log_densities, grad_norms, finite = [], [], [], []
-    for _ in range(num_steps):
+    for _ in range(steps):
         value, grad = log_density_and_grad(log_density, z)
         if record:
             states.append(z)
@@ -120,7 +131,7 @@ def langevin_run(
         if not bool(finite_steps.all()):
             first_bad = int((~finite_steps).nonzero()[0]) + 1
             raise LangevinDivergenceError(
-                f"Langevin chain diverged: non-finite state at step {first_bad} of {num_steps} with "
+                f"Langevin chain diverged: non-finite state at step {first_bad} of {steps} with "
                 f"step size {step_size}. The step size is too large for this target (or the energy "
                 f"function has exploded); reduce the step size."
             )
@@ -138,13 +149,12 @@ def langevin_run(
 def langevin_sample(
     log_density: LogDensity,
     init: Tensor,
-    num_steps: int,
-    step_size: float,
+    langevin: LangevinConfig,
     *,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """The final states of :func:`langevin_run`, shape ``init.shape``."""
-    return langevin_run(log_density, init, num_steps, step_size, generator=generator).samples
+    return langevin_run(log_density, init, langevin, generator=generator).samples
 
 
 class PersistentChains(nn.Module):

@@ -1,69 +1,93 @@
-"""The EBM prior as a module: ``f_α``, its Langevin settings and its monitor, returning a :class:`TiltedLaplace`."""
+"""The EBM prior as a module, and its settings: ``f_α``, its penalty and its Langevin sampler, returning a
+:class:`TiltedLaplace`."""
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
 
 import torch
 from pyro.distributions import TorchDistribution
 from torch import nn
 
 from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
-from pyro_mmebm.ebm.energy import EnergyMLP
-from pyro_mmebm.ebm.langevin import PersistentChains
+from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
+from pyro_mmebm.ebm.langevin import LangevinConfig, PersistentChains
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
 from pyro_mmebm.ebm.tilted_laplace import TiltedLaplace
+from pyro_mmebm.settings import at_least, check_settings, non_negative, setting
+
+
+@dataclass(frozen=True)
+class EBMPriorConfig:
+    """The settings of :class:`EnergyBasedPrior`.
+
+    The defaults are the recipe that stayed stable on real data (see the README's stability section):
+    a magnitude penalty ``λ = 0.1`` on ``f_α`` with step size 0.3 (suited to a unit-scale base), 50
+    Langevin steps.
+
+    :param hidden, depth, activation, spectral_norm: the energy network, an :class:`EnergyMLP` of
+        ``depth`` linear layers of width ``hidden``.
+    :param regularisation: ``λ`` of the penalty ``λ (f(z)² + E f(z⁻)²)`` on ``f_α``'s magnitude.
+    :param persistent: continue the negative chains across training steps.
+    :param generation_steps: Langevin steps when sampling the prior for generation (default
+        ``langevin.steps``): short-run chains that suffice for the gradient may not reach the prior's modes.
+    :param langevin: the sampler of the training negatives.
+    """
+
+    settings_prefix: ClassVar[str] = "ebm"
+
+    hidden: int = setting(200, "width of the energy network", check=at_least(1))
+    depth: int = setting(4, "linear layers of the energy network", check=at_least(1))
+    activation: str = setting("gelu", "activation of the energy network", choices=ACTIVATIONS)
+    spectral_norm: bool = setting(False, "spectral normalisation of the energy network's layers")
+    regularisation: float = setting(0.1, "penalty on the energy's magnitude", check=non_negative)
+    persistent: bool = setting(False, "persistent Langevin chains")
+    generation_steps: Optional[int] = setting(
+        None, "Langevin steps for generation (None: --langevin-steps)", check=at_least(0)
+    )
+    langevin: LangevinConfig = field(default_factory=LangevinConfig)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    @property
+    def generation(self) -> LangevinConfig:
+        """The sampler that generates: :attr:`langevin`, run for ``generation_steps`` steps when set."""
+        if self.generation_steps is None:
+            return self.langevin
+        return dataclasses.replace(self.langevin, steps=self.generation_steps)
+
 
 class EnergyBasedPrior(nn.Module):
     """The EBM prior ``p_α(z) ∝ exp(f_α(z)) p0(z)`` with ``f_α`` an :class:`EnergyMLP`.
 
-    Returns a :class:`~pyro_mmebm.ebm.TiltedLaplace`. The defaults are the recipe that
-    stayed stable on real data (see the README's stability section): a magnitude penalty ``λ = 0.1``
-    on ``f_α`` with step size 0.3 (suited to a unit-scale base), 50 Langevin steps.
+    Returns a :class:`~pyro_mmebm.ebm.TiltedLaplace`.
 
     :param latent_dim: ``d``.
-    :param hidden_dim, depth, activation, spectral_norm: the :class:`EnergyMLP`.
+    :param config: the energy network, its penalty and its Langevin sampler.
     :param base: ``"laplace"`` or ``"normal"`` for ``p0``.
-    :param num_steps, step_size: short-run Langevin ``K`` and ``s``.
-    :param regularisation: ``λ`` of the penalty ``λ (f(z)² + E f(z⁻)²)`` on ``f_α``'s magnitude.
-    :param persistent: continue the negative chains across training steps.
-    :param generation_steps: Langevin steps when sampling the prior for generation (default
-        ``num_steps``): short-run chains that suffice for the gradient may not reach the prior's modes.
 
     Setting :attr:`tilted` to ``False`` makes the prior its base ``p0`` (``f_α`` unused and untrained):
     :func:`~pyro_mmebm.fit` does so for ``TrainConfig.prior_warmup_epochs`` epochs.
     """
 
-    def __init__(
-        self,
-        latent_dim: int,
-        hidden_dim: int = 200,
-        depth: int = 4,
-        activation: str = "gelu",
-        *,
-        base: str = "laplace",
-        num_steps: int = 50,
-        step_size: float = 0.3,
-        regularisation: float = 0.1,
-        persistent: bool = False,
-        spectral_norm: bool = False,
-        generation_steps: Optional[int] = None,
-    ) -> None:
+    def __init__(self, latent_dim: int, config: EBMPriorConfig = EBMPriorConfig(), *, base: str = "laplace") -> None:
         super().__init__()
-        self.energy = EnergyMLP(latent_dim, hidden_dim, depth, activation, spectral_norm)  # checks latent_dim
+        self.config = config
+        self.energy = EnergyMLP(  # checks latent_dim
+            latent_dim, config.hidden, config.depth, config.activation, spectral_norm=config.spectral_norm
+        )
         self.latent_dim = latent_dim
         # The standard base p0: buffers, so that they follow the module to its device.
         self.register_buffer("loc", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))
         self.base = base
-        self.num_steps = num_steps
-        self.step_size = step_size
-        self.regularisation = regularisation
-        self.persistent_chains = PersistentChains() if persistent else None
+        self.persistent_chains = PersistentChains() if config.persistent else None
         self.monitor = EnergyGapMonitor()
-        self.generation_steps = generation_steps
         self.tilted = True
-        self.forward()  # validates the settings now rather than at the first training step
+        self.forward()  # checks the base now rather than at the first training step
 
     def forward(self) -> TorchDistribution:
         """``p_α`` as a :class:`TiltedLaplace` of event shape ``(d,)``; the base ``p0`` when not :attr:`tilted`."""
@@ -74,13 +98,12 @@ class EnergyBasedPrior(nn.Module):
             self.loc,
             self.scale,
             base=self.base,
-            num_steps=self.num_steps,
-            step_size=self.step_size,
-            regularisation=self.regularisation,
+            langevin=self.config.langevin,
+            generation=self.config.generation,
+            regularisation=self.config.regularisation,
             persistent_chains=self.persistent_chains,
             monitor=self.monitor,
-            sample_steps=self.generation_steps,
         )
 
 
-__all__ = ["EnergyBasedPrior"]
+__all__ = ["EBMPriorConfig", "EnergyBasedPrior"]

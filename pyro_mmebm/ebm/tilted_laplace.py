@@ -11,7 +11,13 @@ from torch.distributions.utils import broadcast_all
 
 from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
 from pyro_mmebm.ebm.energy import energy_parameters_require_grad
-from pyro_mmebm.ebm.langevin import LangevinDivergenceError, LogDensity, PersistentChains, langevin_sample
+from pyro_mmebm.ebm.langevin import (
+    LangevinConfig,
+    LangevinDivergenceError,
+    LogDensity,
+    PersistentChains,
+    langevin_sample,
+)
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
 
 MAX_BASE_SCALES = 50.0
@@ -58,10 +64,10 @@ class TiltedLaplace(TorchDistribution):
     :param Tensor loc: location of the base, shape ``(*batch, d)``.
     :param Tensor scale: scale of the base, shape ``(*batch, d)``.
     :param str base: ``"laplace"`` (default) or ``"normal"``.
-    :param int num_steps: Langevin steps ``K`` for the training negatives (and samples, by default).
-    :param int sample_steps: Langevin steps of :meth:`sample` (generation), when it needs longer
-        chains than the negatives; default ``num_steps``.
-    :param float step_size: Langevin step size ``s``.
+    :param LangevinConfig langevin: the sampler of the training negatives (and of :meth:`sample`, by
+        default): ``K`` steps of size ``s``.
+    :param LangevinConfig generation: the sampler of :meth:`sample` (generation), when it needs longer
+        chains than the negatives; default ``langevin``.
     :param float regularisation: ``λ`` of the magnitude penalty on ``f_α`` (gradient only).
     :param int num_negatives: number of negatives per :meth:`log_prob` call; default one per element
         of the value's batch.
@@ -80,38 +86,31 @@ class TiltedLaplace(TorchDistribution):
         scale: Tensor,
         *,
         base: str = "laplace",
-        num_steps: int = 50,
-        step_size: float = 0.3,
+        langevin: LangevinConfig = LangevinConfig(),
+        generation: Optional[LangevinConfig] = None,
         regularisation: float = 0.0,
         num_negatives: Optional[int] = None,
         persistent_chains: Optional[PersistentChains] = None,
         monitor: Optional[EnergyGapMonitor] = None,
-        sample_steps: Optional[int] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
         if base not in LOCATION_SCALE_FAMILIES:
             raise ValueError(
                 f"unknown base distribution {base!r}; choose one of {sorted(LOCATION_SCALE_FAMILIES)}"
             )
-        if sample_steps is not None and sample_steps < 0:
-            raise ValueError(f"need sample_steps >= 0, got {sample_steps}")
-        if num_steps < 0 or step_size <= 0 or regularisation < 0:
-            raise ValueError(
-                f"need num_steps >= 0, step_size > 0 and regularisation >= 0, got {num_steps}, "
-                f"{step_size}, {regularisation}"
-            )
+        if regularisation < 0:
+            raise ValueError(f"need regularisation >= 0, got {regularisation}")
         self.loc, self.scale = broadcast_all(loc, scale)
         if self.loc.dim() < 1:
             raise ValueError("loc and scale need a last (event) dimension of size d")
         self.energy = energy
         self.base = base
-        self.num_steps = num_steps
-        self.step_size = step_size
+        self.langevin = langevin
+        self.generation = langevin if generation is None else generation
         self.regularisation = regularisation
         self.num_negatives = num_negatives
         self.persistent_chains = persistent_chains
         self.monitor = monitor
-        self.sample_steps = num_steps if sample_steps is None else sample_steps
         super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None) -> "TiltedLaplace":
@@ -119,8 +118,8 @@ class TiltedLaplace(TorchDistribution):
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape + self.event_shape)
         new.scale = self.scale.expand(batch_shape + self.event_shape)
-        for name in ("energy", "base", "num_steps", "step_size", "regularisation", "num_negatives",
-                     "persistent_chains", "monitor", "sample_steps"):
+        for name in ("energy", "base", "langevin", "generation", "regularisation", "num_negatives",
+                     "persistent_chains", "monitor"):
             setattr(new, name, getattr(self, name))
         super(TiltedLaplace, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -167,20 +166,20 @@ class TiltedLaplace(TorchDistribution):
                 )
 
     def _langevin(
-        self, log_density: LogDensity, init: Tensor, num_steps: int, loc: Tensor, scale: Tensor
+        self, log_density: LogDensity, init: Tensor, langevin: LangevinConfig, loc: Tensor, scale: Tensor
     ) -> Tensor:
         """Langevin chains from ``init``; refused when ``f_α`` is not finite at the starts, or when the
         chains end farther than :data:`MAX_BASE_SCALES` from the base ``(loc, scale)``."""
         with torch.no_grad():
             self._check_energy_finite({"the Langevin chains' starting points": (init, self._energy(init))})
-        samples = langevin_sample(log_density, init, num_steps, self.step_size)
+        samples = langevin_sample(log_density, init, langevin)
         distance = float(((samples - loc).abs() / scale).amax()) if samples.numel() else 0.0
         if distance > MAX_BASE_SCALES:
             raise LangevinDivergenceError(
                 f"Langevin chains of the EBM prior ended {distance:.3g} base scales from the base's centre "
-                f"after {num_steps} steps with step size {self.step_size}; chains sampling this prior stay "
-                f"within {MAX_BASE_SCALES:g}. The step size is too large for this target: reduce it (0.3 suits "
-                "a unit-scale base); or f_α has run away (watch the energy gap)."
+                f"after {langevin.steps} steps with step size {langevin.step_size}; chains sampling this prior "
+                f"stay within {MAX_BASE_SCALES:g}. The step size is too large for this target: reduce it (0.3 "
+                "suits a unit-scale base); or f_α has run away (watch the energy gap)."
             )
         return samples
 
@@ -193,7 +192,7 @@ class TiltedLaplace(TorchDistribution):
             NaN where the chains start.
         """
         init = self.base_dist.sample(sample_shape)
-        return self._langevin(self.unnormalized_log_prob, init, self.sample_steps, self.loc, self.scale)
+        return self._langevin(self.unnormalized_log_prob, init, self.generation, self.loc, self.scale)
 
     def negative_samples(self, num_samples: int) -> Tensor:
         """``num_samples`` Langevin negatives ``z⁻`` of shape ``(num_samples, d)``.
@@ -206,7 +205,7 @@ class TiltedLaplace(TorchDistribution):
         fresh = base.to_event(1).sample((num_samples,))
         init = fresh if self.persistent_chains is None else self.persistent_chains.initial_states(fresh)
         negatives = self._langevin(
-            lambda z: self._energy(z) + base.log_prob(z).sum(-1), init, self.num_steps, loc, scale
+            lambda z: self._energy(z) + base.log_prob(z).sum(-1), init, self.langevin, loc, scale
         )
         if self.persistent_chains is not None:
             self.persistent_chains.update(negatives)
