@@ -17,7 +17,7 @@ from pyro_mmebm.ebm import (
 )
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.priors import PRIORS, LaplacePrior, NormalPrior, SoftmaxScaleLaplacePrior
-from pyro_mmebm.training import TrainConfig, evaluate_loss, fit
+from pyro_mmebm.training import TrainConfig, evaluate_loss, fit, fit_prior_to_posterior
 
 __version__ = "0.1.0"
 
@@ -40,6 +40,7 @@ __all__ = [
     "TrainConfig",
     "evaluate_loss",
     "fit",
+    "fit_prior_to_posterior",
     "langevin_run",
     "langevin_sample",
 ]

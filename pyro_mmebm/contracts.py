@@ -1,4 +1,4 @@
-"""What a model and a guide must offer: the contracts between them and the rest of the library.
+"""What a model, a guide and a training hook must offer: the contracts between them and the rest of the library.
 
 The models of :mod:`models` and the guides of :mod:`guides` are plain ``nn.Module`` objects that
 meet these protocols (:class:`typing.Protocol`) by their methods alone: there is no base class to
@@ -6,6 +6,8 @@ inherit.
 Evaluation and diagnostics use a model or guide only through them, so one written by hand works
 everywhere once it offers what its protocol lists. A batch is a dict ``{modality: tensor}``, each
 tensor ``(B, *item)``, holding any non-empty subset of the modalities where a method allows it.
+The training loop calls its hooks (the EBM prior's warm-up and energy-gap watch) only through
+:class:`TrainingHook`.
 """
 
 from __future__ import annotations
@@ -94,6 +96,30 @@ class CrossGeneratingModel(MultimodalModel, Protocol):
         ``(K, B, *item)`` with one entry per stratum of ``guide.posterior(batch)``."""
 
 
+class TrainingHook(Protocol):
+    """What the epoch loop of :func:`~pyro_mmebm.fit` (and of the two-stage fit) calls at every epoch and
+    step. A hook that subclasses this protocol inherits its defaults, which do nothing."""
+
+    def start_epoch(self, epoch: int) -> None:
+        """Before the first step of ``epoch`` (counted from 0)."""
+
+    def step_values(self) -> list[Tensor]:
+        """After a step: this process's values, summed over all processes in one reduction with the loss."""
+        return []
+
+    def end_step(self, values: list[float], step: int) -> dict[str, float]:
+        """After step ``step`` (counted from 1 over the run): the values of :meth:`step_values`, averaged
+        over the processes (the same on each); returns scalars to show and log, ``{tag: value}``."""
+        return {}
+
+    def end_epoch(self) -> dict[str, float]:
+        """At the end of an epoch: entries of the epoch's record (``metrics.json``)."""
+        return {}
+
+    def end_training(self) -> None:
+        """After the last epoch."""
+
+
 def guide_posteriors(guide: Guide, batch: Batch) -> tuple[TorchDistribution, dict[str, TorchDistribution]]:
     """``q(z | X_S)`` and, for a :class:`GuideWithPrivateLatents`, ``{i: q(w_i | x_i)}`` (else ``{}``): the
     guide's distribution of every latent site of the model, from one pass of the encoders."""
@@ -109,5 +135,6 @@ __all__ = [
     "Guide",
     "MultimodalModel",
     "GuideWithPrivateLatents",
+    "TrainingHook",
     "guide_posteriors",
 ]

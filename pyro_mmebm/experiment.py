@@ -37,19 +37,16 @@ import pyro
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, RandomSampler
-from tqdm.auto import tqdm
 
 from guides import GUIDES, PrivateLatentGuide
 from models import MultimodalVAE
 from models.private_latents import PrivateLatentVAE
-from pyro_mmebm.batch import prepare_batch, split_batch
-from pyro_mmebm.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, resume_state
+from pyro_mmebm.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint
 from pyro_mmebm.data import MNISTSVHN, CUBImageCaption, InMemoryBatches, PolyMNIST, strided_subset
 from pyro_mmebm.data.cub import TEST_CAPTIONS, TRAIN_CAPTIONS
 from pyro_mmebm.device import select_device
-from pyro_mmebm.distributed import ProcessGroup, process_group_from_environment, seed_epoch, set_epoch, shard_loader
+from pyro_mmebm.distributed import ProcessGroup, process_group_from_environment
 from pyro_mmebm.evaluation import load_or_train_classifier
 from pyro_mmebm.diagnostics.figures import plot_energy_histograms
 from pyro_mmebm.evaluation.coherence import (
@@ -71,12 +68,18 @@ from pyro_mmebm.objectives import OBJECTIVES, SubsampledELBO
 from pyro_mmebm.priors import PRIORS
 from pyro_mmebm.run_folder import RESUMES_KEY, claim_run_folder
 from pyro_mmebm.tensorboard import TensorBoardLog
-from pyro_mmebm.training import TrainConfig, end_epoch, evaluate_loss, fit
+from pyro_mmebm.training import (
+    METRICS_NAME,
+    TWO_STAGE_METRICS_NAME,
+    TrainConfig,
+    evaluate_loss,
+    fit,
+    fit_prior_to_posterior,
+)
 
 EXPERIMENT_CONFIG_NAME = "experiment.json"
 RESULTS_NAME = "results.json"
 TENSORBOARD_FOLDER = "tensorboard"
-TWO_STAGE_HISTORY_NAME = "two_stage_metrics.json"
 
 
 # --- the configuration ---------------------------------------------------------------------------
@@ -211,7 +214,7 @@ ARCHITECTURE_FIELDS = ("dataset", "latent_dim", "private_latent_dim", "guide")
 """Settings a two-stage run takes from the run it starts from (they fix the trained networks)."""
 
 RUN_FILE_PATTERNS = (
-    EXPERIMENT_CONFIG_NAME, CHECKPOINT_NAME, CONFIG_NAME, "metrics.json", TWO_STAGE_HISTORY_NAME, RESULTS_NAME,
+    EXPERIMENT_CONFIG_NAME, CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, TWO_STAGE_METRICS_NAME, RESULTS_NAME,
     "*.png", ".*.tmp", f"{TENSORBOARD_FOLDER}/*",
 )
 """The files :func:`run` writes into ``config.out``: a folder holding any of them holds a run."""
@@ -519,110 +522,6 @@ def train_loader(config: ExperimentConfig, train_set: Dataset) -> Iterable:
 # --- two-stage training --------------------------------------------------------------------------
 
 
-def freeze(*modules: nn.Module) -> None:
-    """Stop training ``modules``: no gradients, and eval mode (batch norm statistics fixed)."""
-    for module in modules:
-        module.requires_grad_(False)
-        module.eval()
-
-
-def fit_prior_to_posterior(
-    model: nn.Module,
-    guide: nn.Module,
-    loader: Iterable,
-    config: TrainConfig,
-    *,
-    out_dir: Optional[str | Path] = None,
-    resume: bool = False,
-    device: Optional[torch.device] = None,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    r"""Fit ``model.prior`` (an EBM) to the aggregate posterior by maximum likelihood; return metrics.
-
-    Encoders and decoders stay fixed: only ``model.prior``'s parameters train, with Adam at
-    ``config.prior_lr``. Each step draws ``z ~ q(z | X)`` (no gradient to the guide) and descends
-    ``−mean TiltedLaplace.log_prob(z)``, whose α-gradient is the maximum-likelihood gradient
-    ``−(E_q[∇_α f_α(z)] − E_{p_α}[∇_α f_α(z⁻)])``, the expectation under the prior on short-run
-    Langevin negatives. Checkpoints and ``resume`` work as in :func:`pyro_mmebm.fit`, and the energy
-    gap is watched in the same way; inside a ``torch.distributed`` group it trains data-parallel as
-    ``fit`` does (the prior's loss wrapped in ``DistributedDataParallel``).
-    """
-    device = device or next(model.parameters()).device
-    model.to(device)
-    guide.to(device)
-    freeze(model, guide)
-    model.prior.requires_grad_(True)
-    model.prior.train()
-    group = ProcessGroup.current()
-    progress = progress and group.is_main
-    pyro.set_rng_seed(config.seed)
-    optimizer = torch.optim.Adam(model.prior.parameters(), lr=config.prior_lr, betas=config.prior_betas)
-    out_dir = Path(out_dir) if out_dir is not None else None
-    history, start_epoch = resume_state(
-        out_dir, {"model": model, "guide": guide}, optimizer, resume=resume, map_location=device
-    )
-    loader = shard_loader(loader, group, config.seed)
-    prior_loss: nn.Module = PriorNegativeLogLikelihood(model.prior)
-    if group.is_distributed:
-        prior_loss = DistributedDataParallel(
-            prior_loss, device_ids=[device] if device.type == "cuda" else None, forward_sync_buffers=False
-        )
-    monitor = getattr(model.prior, "monitor", None)
-    step = sum(record.get("steps", 0) for record in history)
-    for epoch in range(start_epoch, config.epochs):
-        seed_epoch(group, config.seed, epoch)
-        set_epoch(loader, epoch)
-        started = time.perf_counter()
-        losses, gaps = [], []
-        bar = tqdm(loader, desc=f"prior epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for item in bar:
-            batch, _ = split_batch(item)
-            with torch.no_grad():
-                z = guide.posterior(prepare_batch(batch, device)).sample()
-            optimizer.zero_grad(set_to_none=True)
-            loss = prior_loss(z)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            local = [loss.detach()]
-            if monitor is not None and monitor.gap is not None:
-                local += [monitor.positive_mean, monitor.negative_mean]
-            reduced = [value / group.world_size for value in group.sum(local, device)]
-            losses.append(reduced[0])
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"prior loss became {losses[-1]} at step {step}")
-            if len(reduced) == 3:
-                if group.is_distributed:  # every process checks the same gap, so all stop together
-                    monitor.record(torch.tensor(reduced[1]), torch.tensor(reduced[2]))
-                monitor.check(config.max_energy_gap, step, model.prior.config.langevin.step_size)
-                gaps.append(monitor.gap)
-                bar.set_postfix(gap=f"{monitor.gap:.3g}")
-        record: dict[str, Any] = {
-            "epoch": epoch, "steps": len(losses), "prior_loss": sum(losses) / max(len(losses), 1),
-            "seconds": time.perf_counter() - started,
-        }
-        if gaps:
-            record["energy_gap"] = sum(gaps) / len(gaps)
-            record["energy_gap_last"] = gaps[-1]
-        end_epoch(
-            record, history, {"model": model, "guide": guide}, optimizer, config.to_dict(),
-            out_dir=out_dir if group.is_main else None, metrics_name=TWO_STAGE_HISTORY_NAME, progress=progress,
-        )
-    return history
-
-
-class PriorNegativeLogLikelihood(nn.Module):
-    """``−mean log p_α(z)`` of latents ``z`` under ``prior()``, as a module (so that
-    ``DistributedDataParallel`` can wrap it)."""
-
-    def __init__(self, prior: nn.Module) -> None:
-        super().__init__()
-        self.prior = prior
-
-    def forward(self, z: Tensor) -> Tensor:
-        return -self.prior().log_prob(z).mean()
-
-
 def _load_first_stage(config: ExperimentConfig, train_set: Dataset, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The trained model and guide of ``config.two_stage_from``, with a fresh prior of ``config``."""
     first = load_experiment_config(config.two_stage_from)
@@ -814,7 +713,8 @@ def _run(config: ExperimentConfig, group: ProcessGroup, device: torch.device, *,
         model, guide = _load_first_stage(config, train_set, device)
         train_config = dataclasses.replace(config.train_config(), epochs=config.two_stage_epochs)
         history = fit_prior_to_posterior(
-            model, guide, loader, train_config, out_dir=out, resume=config.resume, device=device, progress=progress
+            model, guide, loader, train_config, out_dir=out, resume=config.resume, device=device, progress=progress,
+            tensorboard=tensorboard,
         )
     else:
         model, guide = build_model_and_guide(config, train_set)
@@ -940,7 +840,6 @@ __all__ = [
     "claim_out_folder",
     "config_from_args",
     "evaluate",
-    "fit_prior_to_posterior",
     "load_experiment_config",
     "load_run",
     "run",

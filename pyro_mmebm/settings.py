@@ -154,8 +154,9 @@ def settings_of(cls: type) -> tuple[Setting, ...]:
             name = field.metadata.get("name") or (f"{prefix}_{field.name}" if prefix else field.name)
             found.append(Setting((field.name,), field, kind, name))
     names = [s.name for s in found]
-    if len(set(names)) != len(names):
-        raise TypeError(f"{cls.__name__} has settings sharing a flat name: {sorted(n for n in names if names.count(n) > 1)}")
+    shared = sorted({name for name in names if names.count(name) > 1})
+    if shared:
+        raise TypeError(f"{cls.__name__} has settings sharing a flat name: {shared}")
     return tuple(found)
 
 

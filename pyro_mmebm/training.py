@@ -1,19 +1,23 @@
-"""Training a model and guide jointly: decoders β, encoders φ and the EBM prior α in one optimiser step.
+"""Training: decoders β, encoders φ and the EBM prior α jointly in one optimiser step (:func:`fit`), or, as
+the second stage of two-stage training, the EBM prior alone on a trained model's posterior
+(:func:`fit_prior_to_posterior`).
 
 The loss is a Pyro ELBO used in the ``ELBOModule`` style: ``Trace_ELBO()(model, guide)`` is an
 ``nn.Module`` whose call returns the differentiable negative ELBO, so one ``torch.optim.Adam`` with two
 parameter groups updates everything, the prior's energy network with its own learning rate and betas
-(an EBM typically wants a much smaller rate than the VAE).
+(an EBM typically wants a much smaller rate than the VAE). Both fits run the same epoch loop: data
+parallel under ``torch.distributed``, a checkpoint every epoch, TensorBoard logging, and the prior's
+own work (the EBM's warm-up and energy-gap watch) as :class:`~pyro_mmebm.contracts.TrainingHook` s.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import pyro
 import torch
@@ -25,12 +29,18 @@ from tqdm.auto import tqdm
 from pyro_mmebm.atomic import atomic_save_json
 from pyro_mmebm.batch import prepare_batch, split_batch
 from pyro_mmebm.checkpoint import resume_state, save_checkpoint, start_from_other_prior
-from pyro_mmebm.ebm import EnergyBasedPrior
+from pyro_mmebm.contracts import MultimodalModel, TrainingHook
 from pyro_mmebm.distributed import ProcessGroup, seed_epoch, set_epoch, shard_loader
+from pyro_mmebm.ebm.hooks import EnergyGapWatch, prior_hooks
+from pyro_mmebm.ebm.prior import EnergyBasedPrior
+from pyro_mmebm.settings import at_least, check_settings, positive, positive_or_infinite, setting, to_dict
 from pyro_mmebm.tensorboard import TensorBoardLog
 
+METRICS_NAME = "metrics.json"
+TWO_STAGE_METRICS_NAME = "two_stage_metrics.json"
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings, saved as JSON with every checkpoint.
 
@@ -39,38 +49,36 @@ class TrainConfig:
     :param amsgrad: AMSGrad's variant of Adam for them (MMVAE's optimiser).
     :param prior_lr, prior_betas: Adam for the EBM prior's energy network ``f_α``.
     :param grad_clip: clip the global gradient norm to this value (``None``: no clipping).
-    :param prior_warmup_epochs: train with the prior's base ``p0`` for these first epochs before the
-        EBM's tilt is switched on (for priors with a ``tilted`` switch, e.g.
-        :class:`~pyro_mmebm.priors.EnergyBasedPrior`): the encoders learn the data before ``f_α``
-        starts to pull them.
-    :param max_energy_gap: stop with :class:`~pyro_mmebm.monitoring.EBMDivergenceError` when
+    :param prior_warmup_epochs: train with the EBM prior's base ``p0`` for these first epochs before
+        its tilt is switched on: the encoders learn the data before ``f_α`` starts to pull them.
+    :param max_energy_gap: stop with :class:`~pyro_mmebm.ebm.EBMDivergenceError` when
         ``|E_q[f] − E_p[f]|`` exceeds it.
     :param seed: seeds Pyro, torch, numpy and Python's ``random``.
     """
 
-    epochs: int = 10
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    amsgrad: bool = False
-    prior_lr: float = 1e-4
-    prior_betas: tuple[float, float] = (0.5, 0.999)
-    grad_clip: Optional[float] = None
-    prior_warmup_epochs: int = 0
-    max_energy_gap: float = 1e3
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    epochs: int = setting(10, "training epochs", check=at_least(1))
+    lr: float = setting(1e-3, "learning rate of encoders and decoders", check=positive)
+    betas: tuple[float, float] = setting((0.9, 0.999), "Adam's betas for encoders and decoders")
+    amsgrad: bool = setting(False, "AMSGrad for encoders and decoders (as MMVAE)")
+    prior_lr: float = setting(1e-4, "learning rate of the prior", check=positive)
+    prior_betas: tuple[float, float] = setting((0.5, 0.999), "Adam's betas for the prior")
+    grad_clip: Optional[float] = setting(None, "clip the gradient norm", check=positive)
+    prior_warmup_epochs: int = setting(
+        0, "epochs with the base prior before the EBM tilt", check=at_least(0), name="ebm_warmup_epochs"
+    )
+    max_energy_gap: float = setting(1e3, "stop when |E_q f - E_p f| exceeds this", check=positive_or_infinite)
+    seed: int = setting(0, "random seed")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
-def make_optimizer(model: nn.Module, guide: nn.Module, config: TrainConfig) -> torch.optim.Adam:
-    """Adam with one parameter group for the prior's energy network ``α`` and one for everything else.
+def make_optimizer(model: MultimodalModel, guide: nn.Module, config: TrainConfig) -> torch.optim.Adam:
+    """Adam with one parameter group for the EBM prior's energy network ``α`` and one for everything else.
 
     Other learnable prior parameters (e.g. a Laplace prior's scale) train with the VAE, as in MMVAE.
     """
-    energy = getattr(getattr(model, "prior", None), "energy", None)
-    prior_params = list(energy.parameters()) if isinstance(energy, nn.Module) else []
+    prior_params = list(model.prior.energy.parameters()) if isinstance(model.prior, EnergyBasedPrior) else []
     prior_ids = {id(p) for p in prior_params}
     vae_params = [p for p in list(model.parameters()) + list(guide.parameters()) if id(p) not in prior_ids]
     groups = [{"params": vae_params, "lr": config.lr, "betas": config.betas, "amsgrad": config.amsgrad, "name": "vae"}]
@@ -81,19 +89,8 @@ def make_optimizer(model: nn.Module, guide: nn.Module, config: TrainConfig) -> t
     return torch.optim.Adam(groups)
 
 
-def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    """The batch on ``device``, checked and converted once (:func:`~pyro_mmebm.batch.prepare_batch`)."""
-    return prepare_batch(batch, device)
-
-
 def _num_draws(guide: nn.Module) -> dict[str, int]:
     return {"num_draws": guide.num_draws} if hasattr(guide, "num_draws") else {}
-
-
-def _check_finite(value: float, step: int) -> float:
-    if not math.isfinite(value):
-        raise FloatingPointError(f"training loss became {value} at step {step}")
-    return value
 
 
 @torch.no_grad()
@@ -111,7 +108,7 @@ def evaluate_loss(
     total, count = 0.0, 0
     for item in loader:
         batch, _ = split_batch(item)
-        batch = _to_device(batch, device)
+        batch = prepare_batch(batch, device)
         total += float(loss_fn(batch, **_num_draws(guide)))
         count += next(iter(batch.values())).shape[0]
     return total / max(count, 1)
@@ -142,8 +139,118 @@ def _learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {f"lr/{group.get('name', i)}": group["lr"] for i, group in enumerate(optimizer.param_groups)}
 
 
-def fit(
+def _data_parallel(loss: nn.Module, device: torch.device, *, find_unused_parameters: bool = False) -> nn.Module:
+    """``loss`` in ``DistributedDataParallel`` inside a joined process group; ``loss`` itself otherwise.
+
+    Buffers (batch norm statistics, persistent chains) start as rank 0's, then stay each process's own.
+    """
+    if not ProcessGroup.current().is_distributed:
+        return loss
+    return DistributedDataParallel(
+        loss, device_ids=[device] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters, forward_sync_buffers=False,
+    )
+
+
+def _train_epochs(
+    loss_fn: Callable[[dict[str, Tensor]], Tensor],
+    loader: Iterable,
     model: nn.Module,
+    guide: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    *,
+    trained: Sequence[nn.Module],
+    history: list[dict[str, Any]],
+    start_epoch: int,
+    hooks: Sequence[TrainingHook],
+    loss_name: str,
+    metrics_name: str,
+    validate: Optional[Callable[[], float]],
+    out_dir: Optional[Path],
+    device: torch.device,
+    progress: bool,
+    tensorboard: Optional[str | Path],
+) -> list[dict[str, Any]]:
+    """The epoch loop of both fits, from ``start_epoch`` to ``config.epochs``; returns ``history``.
+
+    Every step descends ``loss_fn(batch)``, a loss summed over the batch's examples (scaled by the
+    number of processes, as DDP averages gradients), and reduces the loss, the number of examples
+    and the hooks' values over all processes in one ``all_reduce``. Every epoch records
+    ``loss_name`` (the mean per example), the hooks' entries, ``validate()`` (rank 0) as
+    ``val_loss``, the steps and the seconds; rank 0 writes a checkpoint of ``model`` and ``guide``
+    and the history as ``metrics_name`` into ``out_dir``, and TensorBoard events into ``tensorboard``.
+    """
+    group = ProcessGroup.current()
+    progress = progress and group.is_main
+    loader = shard_loader(loader, group, config.seed)
+    params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
+    step = sum(record.get("steps") or 0 for record in history)
+    log = TensorBoardLog(tensorboard, purge_step=step + 1) if tensorboard is not None and group.is_main else None
+    for epoch in range(start_epoch, config.epochs):
+        for module in trained:
+            module.train()
+        for hook in hooks:
+            hook.start_epoch(epoch)
+        seed_epoch(group, config.seed, epoch)
+        set_epoch(loader, epoch)
+        started = time.perf_counter()
+        loss_sum, count, steps = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for item in bar:
+            step_started = time.perf_counter()
+            batch, _ = split_batch(item)
+            batch = prepare_batch(batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(batch)
+            # The loss is a sum over examples and DDP averages gradients: scaled by the number of
+            # processes, a step's gradient is that of the concatenated batch of all processes.
+            (loss * group.world_size if group.is_distributed else loss).backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            step += 1
+            steps += 1
+            hook_values = [hook.step_values() for hook in hooks]
+            local = [loss.detach(), next(iter(batch.values())).shape[0], *(v for values in hook_values for v in values)]
+            reduced = group.sum(local, device)
+            if not math.isfinite(reduced[0]):
+                raise FloatingPointError(f"training {loss_name.replace('_', ' ')} became {reduced[0]} at step {step}")
+            loss_sum += reduced[0]
+            count += int(reduced[1])
+            means, watched = [value / group.world_size for value in reduced[2:]], {}
+            for hook, values in zip(hooks, hook_values):
+                watched.update(hook.end_step(means[: len(values)], step))
+                means = means[len(values):]
+            bar.set_postfix(
+                {loss_name: f"{loss_sum / count:.1f}", **{tag.split("/")[-1]: f"{v:.3g}" for tag, v in watched.items()}}
+            )
+            if log is not None:
+                scalars = {f"train/{loss_name}": reduced[0] / reduced[1], **watched, **_learning_rates(optimizer)}
+                log.scalars({**scalars, "time/step_seconds": time.perf_counter() - step_started}, step)
+        seconds = time.perf_counter() - started
+        record: dict[str, Any] = {"epoch": epoch, "steps": steps, loss_name: loss_sum / max(count, 1), "seconds": seconds}
+        for hook in hooks:
+            record.update(hook.end_epoch())
+        if validate is not None and group.is_main:
+            record["val_loss"] = validate()
+        record = group.broadcast(record)
+        if log is not None:
+            log.scalars({f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "steps")}, step)
+            log.flush()
+        end_epoch(
+            record, history, {"model": model, "guide": guide}, optimizer, to_dict(config),
+            out_dir=out_dir if group.is_main else None, metrics_name=metrics_name, progress=progress,
+        )
+    if log is not None:
+        log.close()
+    for hook in hooks:
+        hook.end_training()
+    return history
+
+
+def fit(
+    model: MultimodalModel,
     guide: nn.Module,
     train_loader: Iterable,
     config: TrainConfig,
@@ -156,20 +263,27 @@ def fit(
     device: Optional[torch.device] = None,
     progress: bool = True,
     tensorboard: Optional[str | Path] = None,
+    hooks: Sequence[TrainingHook] = (),
 ) -> list[dict[str, Any]]:
     """Train ``model`` and ``guide`` for ``config.epochs`` epochs; return per-epoch metrics.
 
-    Each epoch records the mean loss per example, the mean energy gap ``E_q[f] − E_p[f]`` (for an EBM
-    prior), the validation loss and the wall time. With ``out_dir``, every epoch ends with an atomic
-    checkpoint (``checkpoint.pt``, ``config.json``, ``metrics.json``); with ``resume=True`` training
-    continues from the checkpoint there, optimiser and random state included, so an interrupted run
-    loses at most the epoch in progress; without it, an ``out_dir`` holding a checkpoint is refused
-    (:class:`~pyro_mmebm.checkpoint.ExistingRunError`). ``start_from`` (a checkpoint of a run that
-    differs in its prior only, e.g. a Laplace run's epoch at the end of an EBM warm-up) starts a run
-    that has no checkpoint of its own there (:func:`~pyro_mmebm.checkpoint.start_from_other_prior`).
-    Batches are checked and converted once, as they enter (:func:`~pyro_mmebm.batch.prepare_batch`).
-    With ``tensorboard`` (a folder), losses, energies, learning rates and step times are logged there
-    as well (:class:`~pyro_mmebm.tensorboard.TensorBoardLog`).
+    Each epoch records the mean loss per example, for an EBM prior the energy gap ``E_q[f] − E_p[f]``
+    (its mean ``energy_gap``, its last value ``energy_gap_last``) and the means of ``f`` on posterior
+    samples and negatives (``f_positive``, ``f_negative``), the validation loss and the wall time. The
+    EBM prior trains with its base for ``config.prior_warmup_epochs`` epochs first, and training stops
+    with :class:`~pyro_mmebm.ebm.EBMDivergenceError` when the gap exceeds ``config.max_energy_gap``
+    (:func:`~pyro_mmebm.ebm.hooks.prior_hooks`); further ``hooks`` run after the prior's.
+
+    With ``out_dir``, every epoch ends with an atomic checkpoint (``checkpoint.pt``, ``config.json``,
+    ``metrics.json``); with ``resume=True`` training continues from the checkpoint there, optimiser and
+    random state included, so an interrupted run loses at most the epoch in progress; without it, an
+    ``out_dir`` holding a checkpoint is refused (:class:`~pyro_mmebm.checkpoint.ExistingRunError`).
+    ``start_from`` (a checkpoint of a run that differs in its prior only, e.g. a Laplace run's epoch at
+    the end of an EBM warm-up) starts a run that has no checkpoint of its own there
+    (:func:`~pyro_mmebm.checkpoint.start_from_other_prior`). Batches are checked and converted once, as
+    they enter (:func:`~pyro_mmebm.batch.prepare_batch`). With ``tensorboard`` (a folder), losses,
+    energies, learning rates and step times are logged there as well
+    (:class:`~pyro_mmebm.tensorboard.TensorBoardLog`).
 
     **Several processes.** Inside a joined ``torch.distributed`` group (e.g. launched by ``torchrun``,
     see :mod:`pyro_mmebm.distributed`) the same call trains data-parallel: the ELBO module is wrapped
@@ -181,102 +295,106 @@ def fit(
     device = device or next(model.parameters()).device
     model.to(device)
     guide.to(device)
-    group = ProcessGroup.current()
-    progress = progress and group.is_main
     pyro.set_rng_seed(config.seed)
     optimizer = make_optimizer(model, guide, config)
-    loss_fn = (elbo or Trace_ELBO(max_plate_nesting=2))(model, guide)
+    elbo_module = (elbo or Trace_ELBO(max_plate_nesting=2))(model, guide)
     out_dir = Path(out_dir) if out_dir is not None else None
     history, start_epoch = resume_state(
         out_dir, {"model": model, "guide": guide}, optimizer, resume=resume, map_location=device
     )
     if start_from is not None and not history:
         history, start_epoch = start_from_other_prior(start_from, model, guide, optimizer, map_location=device)
-    train_loader = shard_loader(train_loader, group, config.seed)
-    if group.is_distributed:
-        # The energy network is unused during a warm-up with the base prior. Buffers (batch norm
-        # statistics, persistent chains) start as rank 0's, then stay each process's own.
-        loss_fn = DistributedDataParallel(
-            loss_fn, device_ids=[device] if device.type == "cuda" else None,
-            find_unused_parameters=start_epoch < config.prior_warmup_epochs, forward_sync_buffers=False,
-        )
-    prior = getattr(model, "prior", None)
-    monitor = getattr(prior, "monitor", None)
-    step_size = prior.config.langevin.step_size if isinstance(prior, EnergyBasedPrior) else None
-    params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
-    step = sum(record.get("steps", 0) for record in history)
-    log = TensorBoardLog(tensorboard, purge_step=step + 1) if tensorboard is not None and group.is_main else None
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        guide.train()
-        if hasattr(prior, "tilted"):
-            prior.tilted = epoch >= config.prior_warmup_epochs
-        seed_epoch(group, config.seed, epoch)
-        set_epoch(train_loader, epoch)
-        started = time.perf_counter()
-        loss_sum, count, gaps, energies = 0.0, 0, [], []
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for item in bar:
-            step_started = time.perf_counter()
-            batch, _ = split_batch(item)
-            batch = _to_device(batch, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(batch, **_num_draws(guide))
-            # The loss is a sum over examples and DDP averages gradients: scaled by the number of
-            # processes, a step's gradient is that of the concatenated batch of all processes.
-            (loss * group.world_size if group.is_distributed else loss).backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            step += 1
-            ebm_active = monitor is not None and monitor.gap is not None
-            local = [loss.detach(), next(iter(batch.values())).shape[0]]
-            if ebm_active:
-                local += [monitor.positive_mean, monitor.negative_mean]
-            reduced = group.sum(local, device)
-            loss_sum += _check_finite(reduced[0], step)
-            count += int(reduced[1])
-            postfix = {"loss": f"{loss_sum / count:.1f}"}
-            scalars = {"train/loss": reduced[0] / reduced[1]}
-            if ebm_active:
-                positive, negative = reduced[2] / group.world_size, reduced[3] / group.world_size
-                if group.is_distributed:  # every process checks the same gap, so all stop together
-                    monitor.record(torch.tensor(positive), torch.tensor(negative))
-                monitor.check(config.max_energy_gap, step, step_size)
-                gaps.append(monitor.gap)
-                energies.append((positive, negative))
-                postfix["gap"] = f"{monitor.gap:.3g}"
-                scalars.update({"ebm/energy_gap": monitor.gap, "ebm/f_positive": positive, "ebm/f_negative": negative})
-            bar.set_postfix(postfix)
-            if log is not None:
-                scalars.update(_learning_rates(optimizer))
-                scalars["time/step_seconds"] = time.perf_counter() - step_started
-                log.scalars(scalars, step)
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "steps": len(bar) if hasattr(bar, "__len__") else None,
-            "loss": loss_sum / max(count, 1),
-            "seconds": time.perf_counter() - started,
-        }
-        if gaps:
-            record["energy_gap"] = sum(gaps) / len(gaps)
-            record["energy_gap_last"] = gaps[-1]
-            record["f_positive"] = sum(p for p, _ in energies) / len(energies)
-            record["f_negative"] = sum(n for _, n in energies) / len(energies)
-        if val_loader is not None and group.is_main:
-            model.eval()
-            guide.eval()
-            record["val_loss"] = evaluate_loss(model, guide, val_loader, elbo=elbo, device=device)
-        record = group.broadcast(record)
-        if log is not None:
-            log.scalars({f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "steps")}, step)
-            log.flush()
-        end_epoch(
-            record, history, {"model": model, "guide": guide}, optimizer, config.to_dict(),
-            out_dir=out_dir if group.is_main else None, metrics_name="metrics.json", progress=progress,
-        )
-    if log is not None:
-        log.close()
-    if hasattr(prior, "tilted"):
-        prior.tilted = True
-    return history
+    # The energy network is unused during a warm-up with the base prior.
+    loss = _data_parallel(elbo_module, device, find_unused_parameters=start_epoch < config.prior_warmup_epochs)
+
+    def validate() -> float:
+        model.eval()
+        guide.eval()
+        return evaluate_loss(model, guide, val_loader, elbo=elbo, device=device)
+
+    return _train_epochs(
+        functools.partial(loss, **_num_draws(guide)), train_loader, model, guide, optimizer, config,
+        trained=(model, guide), history=history, start_epoch=start_epoch,
+        hooks=[*prior_hooks(model.prior, config), *hooks], loss_name="loss", metrics_name=METRICS_NAME,
+        validate=validate if val_loader is not None else None, out_dir=out_dir, device=device,
+        progress=progress, tensorboard=tensorboard,
+    )
+
+
+class PriorNegativeLogLikelihood(nn.Module):
+    """``−Σ log p_α(z)`` over posterior draws ``z ~ q(z | X)`` of a batch (no gradient to the guide), as
+    a module (so that ``DistributedDataParallel`` can wrap it)."""
+
+    def __init__(self, prior: nn.Module, guide: nn.Module) -> None:
+        super().__init__()
+        self.prior = prior
+        self.guide = guide
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        with torch.no_grad():
+            z = self.guide.posterior(batch).sample()
+        return -self.prior().log_prob(z).sum()
+
+
+def freeze(*modules: nn.Module) -> None:
+    """Stop training ``modules``: no gradients, and eval mode (batch norm statistics fixed)."""
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()
+
+
+def fit_prior_to_posterior(
+    model: MultimodalModel,
+    guide: nn.Module,
+    loader: Iterable,
+    config: TrainConfig,
+    *,
+    out_dir: Optional[str | Path] = None,
+    resume: bool = False,
+    device: Optional[torch.device] = None,
+    progress: bool = True,
+    tensorboard: Optional[str | Path] = None,
+) -> list[dict[str, Any]]:
+    r"""Fit ``model.prior`` (an :class:`~pyro_mmebm.ebm.EnergyBasedPrior`) to the aggregate posterior by
+    maximum likelihood; return per-epoch metrics (``prior_loss``, the mean ``−log p_α(z)`` per example,
+    and the energy gap as :func:`fit` records it).
+
+    Encoders and decoders stay fixed: only ``model.prior``'s parameters train, with Adam at
+    ``config.prior_lr``. Each step draws ``z ~ q(z | X)`` (no gradient to the guide) and descends
+    ``−Σ TiltedLaplace.log_prob(z)``, whose α-gradient is the maximum-likelihood gradient
+    ``−(E_q[∇_α f_α(z)] − E_{p_α}[∇_α f_α(z⁻)])`` per draw, the expectation under the prior on
+    short-run Langevin negatives. The epoch loop is :func:`fit`'s: checkpoints (``metrics`` as
+    ``two_stage_metrics.json``), ``resume``, the energy-gap watch, TensorBoard and data parallelism
+    work as there.
+    """
+    device = device or next(model.parameters()).device
+    model.to(device)
+    guide.to(device)
+    freeze(model, guide)
+    model.prior.requires_grad_(True)
+    pyro.set_rng_seed(config.seed)
+    optimizer = torch.optim.Adam(model.prior.parameters(), lr=config.prior_lr, betas=config.prior_betas)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    history, start_epoch = resume_state(
+        out_dir, {"model": model, "guide": guide}, optimizer, resume=resume, map_location=device
+    )
+    return _train_epochs(
+        _data_parallel(PriorNegativeLogLikelihood(model.prior, guide), device), loader, model, guide, optimizer,
+        config, trained=(model.prior,), history=history, start_epoch=start_epoch,
+        hooks=[EnergyGapWatch(model.prior, config.max_energy_gap)], loss_name="prior_loss",
+        metrics_name=TWO_STAGE_METRICS_NAME, validate=None, out_dir=out_dir, device=device, progress=progress,
+        tensorboard=tensorboard,
+    )
+
+
+__all__ = [
+    "METRICS_NAME",
+    "TWO_STAGE_METRICS_NAME",
+    "PriorNegativeLogLikelihood",
+    "TrainConfig",
+    "evaluate_loss",
+    "fit",
+    "fit_prior_to_posterior",
+    "freeze",
+    "make_optimizer",
+]

@@ -3,7 +3,9 @@
 - :mod:`~pyro_mmebm.ebm.energy`: the energy network ``f_α`` (:class:`EnergyMLP`);
 - :mod:`~pyro_mmebm.ebm.langevin`: the short-run Langevin sampler, its settings and persistent chains;
 - :mod:`~pyro_mmebm.ebm.tilted_laplace`: the prior as a Pyro distribution (:class:`TiltedLaplace`);
-- :mod:`~pyro_mmebm.ebm.monitoring`: the energy gap watched during training;
+- :mod:`~pyro_mmebm.ebm.monitoring`: the energy gap recorded while training, and its divergence;
+- :mod:`~pyro_mmebm.ebm.hooks`: what training does for the prior (its warm-up, the energy gap watched
+  at every step), as hooks of the epoch loop;
 - :mod:`~pyro_mmebm.ebm.prior`: the prior as a module (:class:`EnergyBasedPrior`), as a model uses it,
   and its settings (:class:`EBMPriorConfig`);
 - :mod:`~pyro_mmebm.ebm.ais`: its normaliser ``log Z(α)`` by annealed importance sampling.
@@ -11,6 +13,7 @@
 
 from pyro_mmebm.ebm.ais import AISResult, annealed_importance_sampling, sigmoid_schedule
 from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
+from pyro_mmebm.ebm.hooks import BasePriorWarmup, EnergyGapWatch, prior_hooks
 from pyro_mmebm.ebm.langevin import (
     LangevinConfig,
     LangevinDivergenceError,
@@ -19,17 +22,19 @@ from pyro_mmebm.ebm.langevin import (
     langevin_run,
     langevin_sample,
 )
-from pyro_mmebm.ebm.monitoring import EBMDivergenceError, EnergyGapMonitor
+from pyro_mmebm.ebm.monitoring import EBMDivergenceError, EnergyGapMonitor, check_energy_gap
 from pyro_mmebm.ebm.prior import EBMPriorConfig, EnergyBasedPrior
 from pyro_mmebm.ebm.tilted_laplace import MAX_BASE_SCALES, TiltedLaplace
 
 __all__ = [
     "ACTIVATIONS",
     "AISResult",
+    "BasePriorWarmup",
     "EBMDivergenceError",
     "EBMPriorConfig",
     "EnergyBasedPrior",
     "EnergyGapMonitor",
+    "EnergyGapWatch",
     "EnergyMLP",
     "LangevinConfig",
     "LangevinDivergenceError",
@@ -38,7 +43,9 @@ __all__ = [
     "PersistentChains",
     "TiltedLaplace",
     "annealed_importance_sampling",
+    "check_energy_gap",
     "langevin_run",
     "langevin_sample",
+    "prior_hooks",
     "sigmoid_schedule",
 ]

@@ -40,15 +40,15 @@ class EnergyGapMonitor:
             return None
         return float(self.positive_mean - self.negative_mean)
 
-    def check(self, max_gap: float, step: int, step_size: Optional[float] = None) -> None:
-        """Raise :class:`EBMDivergenceError` when the last gap is non-finite or above ``max_gap``."""
-        gap = self.gap
-        if gap is None or (math.isfinite(gap) and abs(gap) <= max_gap):
-            return
-        where = f" (Langevin step size {step_size})" if step_size is not None else ""
-        raise EBMDivergenceError(
-            f"EBM prior diverged at step {step}: energy gap E_q[f] - E_p[f] = {gap:.3g} exceeds "
-            f"{max_gap:g}{where}. The Langevin negatives no longer reach where the posterior is. "
-            "Regularise f (prior regularisation, e.g. 0.1), use spectral normalisation, a smaller "
-            "prior learning rate, more Langevin steps, or persistent chains."
-        )
+
+def check_energy_gap(gap: float, max_gap: float, step: int, step_size: float) -> None:
+    """Raise :class:`EBMDivergenceError`, naming the training step and the Langevin step size, when
+    ``gap`` is non-finite or its magnitude above ``max_gap``."""
+    if math.isfinite(gap) and abs(gap) <= max_gap:
+        return
+    raise EBMDivergenceError(
+        f"EBM prior diverged at step {step}: energy gap E_q[f] - E_p[f] = {gap:.3g} exceeds "
+        f"{max_gap:g} (Langevin step size {step_size}). The Langevin negatives no longer reach where the posterior is. "
+        "Regularise f (prior regularisation, e.g. 0.1), use spectral normalisation, a smaller "
+        "prior learning rate, more Langevin steps, or persistent chains."
+    )

@@ -1,0 +1,87 @@
+"""What training does for the EBM prior, as hooks of the epoch loop (:class:`~pyro_mmebm.contracts.TrainingHook`):
+a warm-up with the base prior, and the energy gap watched at every step."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+from pyro_mmebm.contracts import TrainingHook
+from pyro_mmebm.ebm.monitoring import check_energy_gap
+from pyro_mmebm.ebm.prior import EnergyBasedPrior
+
+if TYPE_CHECKING:
+    from pyro_mmebm.training import TrainConfig
+
+
+class BasePriorWarmup(TrainingHook):
+    """The prior's base ``p0`` for the first ``epochs`` epochs (``f_α`` unused and untrained), then the
+    tilted prior: the encoders learn the data before ``f_α`` starts to pull them. The prior is tilted
+    when training ends, so that generation uses the EBM."""
+
+    def __init__(self, prior: EnergyBasedPrior, epochs: int) -> None:
+        self.prior = prior
+        self.epochs = epochs
+
+    def start_epoch(self, epoch: int) -> None:
+        self.prior.tilted = epoch >= self.epochs
+
+    def end_training(self) -> None:
+        self.prior.tilted = True
+
+
+class EnergyGapWatch(TrainingHook):
+    """The energy gap ``E_q[f] − E_{p_α}[f]`` at every step, from the means of ``f`` that the prior's
+    :class:`~pyro_mmebm.ebm.EnergyGapMonitor` holds, averaged over all processes: checked against
+    ``max_gap`` (:func:`~pyro_mmebm.ebm.monitoring.check_energy_gap`; every process checks the same
+    gap, so all stop together), logged (``ebm/energy_gap``, ``ebm/f_positive``, ``ebm/f_negative``)
+    and summarised per epoch (``energy_gap`` its mean, ``energy_gap_last``, ``f_positive``,
+    ``f_negative``)."""
+
+    def __init__(self, prior: EnergyBasedPrior, max_gap: float) -> None:
+        self.monitor = prior.monitor
+        self.step_size = prior.config.langevin.step_size
+        self.max_gap = max_gap
+        self.gaps: list[float] = []
+        self.energies: list[tuple[float, float]] = []
+
+    def start_epoch(self, epoch: int) -> None:
+        self.gaps, self.energies = [], []
+
+    def step_values(self) -> list[Tensor]:
+        if self.monitor.gap is None:  # no negatives drawn yet (a warm-up)
+            return []
+        return [self.monitor.positive_mean, self.monitor.negative_mean]
+
+    def end_step(self, values: list[float], step: int) -> dict[str, float]:
+        if not values:
+            return {}
+        positive, negative = values
+        gap = positive - negative
+        check_energy_gap(gap, self.max_gap, step, self.step_size)
+        self.gaps.append(gap)
+        self.energies.append((positive, negative))
+        return {"ebm/energy_gap": gap, "ebm/f_positive": positive, "ebm/f_negative": negative}
+
+    def end_epoch(self) -> dict[str, float]:
+        if not self.gaps:
+            return {}
+        return {
+            "energy_gap": sum(self.gaps) / len(self.gaps),
+            "energy_gap_last": self.gaps[-1],
+            "f_positive": sum(p for p, _ in self.energies) / len(self.energies),
+            "f_negative": sum(n for _, n in self.energies) / len(self.energies),
+        }
+
+
+def prior_hooks(prior: nn.Module, config: TrainConfig) -> list[TrainingHook]:
+    """The hooks that joint training runs for ``prior``: for an :class:`EnergyBasedPrior`, its warm-up
+    (``config.prior_warmup_epochs``) and the energy-gap watch (``config.max_energy_gap``); none for
+    another prior."""
+    if not isinstance(prior, EnergyBasedPrior):
+        return []
+    return [BasePriorWarmup(prior, config.prior_warmup_epochs), EnergyGapWatch(prior, config.max_energy_gap)]
+
+
+__all__ = ["BasePriorWarmup", "EnergyGapWatch", "prior_hooks"]
