@@ -32,16 +32,17 @@ from pyro_mmebm import TrainConfig, fit
 from pyro_mmebm.data import InMemoryBatches, PolyMNIST
 from pyro_mmebm.distributed import process_group_from_environment
 from pyro_mmebm.experiment import ExperimentConfig, build_model_and_guide, build_objective
+from pyro_mmebm.settings import from_flat
 
 
 def worker(args: argparse.Namespace) -> None:
     """One process of a launched setting: train, and (rank 0) write the timed epoch as JSON."""
     with process_group_from_environment(args.device) as (group, device):
         device = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-        experiment = ExperimentConfig(
+        experiment = from_flat(ExperimentConfig, dict(
             dataset="polymnist", out="", data_root="", prior=args.prior, latent_dim=32, seed=args.seed,
             langevin_steps=args.langevin_steps,
-        )
+        ))
         examples = args.steps * args.batch_size * group.world_size
         generator = torch.Generator().manual_seed(args.seed)
         images = {

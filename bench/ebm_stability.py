@@ -13,7 +13,6 @@ Writes ``<out>/ebm_stability.json`` (per-step gaps of every setting) and ``<out>
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from pyro_mmebm.experiment import (
     build_objective,
     train_loader,
 )
+from pyro_mmebm.settings import from_flat, replace_settings, to_dict
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "a: s=0.1, no reg.": {"langevin_step_size": 0.1, "ebm_regularisation": 0.0},
@@ -37,7 +37,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "d: s=0.3, spectral norm": {"langevin_step_size": 0.3, "ebm_regularisation": 0.0, "ebm_spectral_norm": True},
     "e: s=0.3, persistent chains": {"langevin_step_size": 0.3, "ebm_regularisation": 0.0, "ebm_persistent": True},
 }
-"""The settings compared, by label: changes to the base :class:`ExperimentConfig`."""
+"""The settings compared, by label: changes to the base :class:`ExperimentConfig`, by flat name."""
 
 
 class GapHistory(EnergyGapMonitor):
@@ -53,13 +53,13 @@ class GapHistory(EnergyGapMonitor):
 
 
 def run_setting(base: ExperimentConfig, changes: dict[str, Any], train_set) -> dict[str, Any]:
-    config = dataclasses.replace(base, **changes)
+    config = replace_settings(base, **changes)
     model, guide = build_model_and_guide(config, train_set)
     monitor = model.prior.monitor = GapHistory()
     started = time.perf_counter()
     outcome = "stable"
     try:
-        fit(model, guide, train_loader(config, train_set), config.train_config(), elbo=build_objective(config))
+        fit(model, guide, train_loader(config, train_set), config.train, elbo=build_objective(config))
     except (EBMDivergenceError, LangevinDivergenceError, FloatingPointError) as error:
         outcome = f"diverged at step {len(monitor.history)} ({type(error).__name__})"
     gaps = monitor.history
@@ -76,14 +76,14 @@ def run_setting(base: ExperimentConfig, changes: dict[str, Any], train_set) -> d
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    base = ExperimentConfig(
+    base = from_flat(ExperimentConfig, dict(
         dataset="polymnist", out=str(args.out), data_root=args.data_root, source_root=args.source_root,
         prior="ebm", latent_dim=args.latent_dim, langevin_steps=args.langevin_steps, batch_size=args.batch_size,
         epochs=1, epoch_size=args.steps * args.batch_size, max_energy_gap=args.max_energy_gap, seed=args.seed,
         device=args.device,
-    )
+    ))
     train_set, _ = build_datasets(base)
-    results: dict[str, Any] = {"base": base.to_dict(), "settings": {}}
+    results: dict[str, Any] = {"base": to_dict(base), "settings": {}}
     out = Path(args.out)
     checkpoints = [s for s in (1, 50, 100, 200, 300, 400, 500, 600) if s <= args.steps]
     for label in args.settings:

@@ -24,7 +24,6 @@ Writes ``<out>/polymnist_coherence.json`` and ``<out>/polymnist_coherence.md``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 from pyro_mmebm import EBMDivergenceError, LangevinDivergenceError
 from pyro_mmebm.evaluation.coherence import format_table, save_results_json
 from pyro_mmebm.experiment import RESULTS_NAME, ExperimentConfig, run, summary_row
+from pyro_mmebm.settings import from_flat, replace_settings, to_dict
 
 RUNS = ("laplace", "two_stage", "ebm", "laplace_private", "ebm_private")
 
@@ -41,34 +41,34 @@ RUNS = ("laplace", "two_stage", "ebm", "laplace_private", "ebm_private")
 def run_config(name: str, base: ExperimentConfig, private_dim: int) -> ExperimentConfig:
     out = str(Path(base.out) / name)
     if name == "laplace":
-        return dataclasses.replace(base, out=out, prior="laplace")
+        return replace_settings(base, out=out, prior="laplace")
     if name == "two_stage":
-        return dataclasses.replace(base, out=out, prior="ebm", two_stage_from=str(Path(base.out) / "laplace"))
+        return replace_settings(base, out=out, prior="ebm", two_stage_from=str(Path(base.out) / "laplace"))
     if name == "laplace_private":
-        return dataclasses.replace(base, out=out, prior="laplace", private_latent_dim=private_dim)
+        return replace_settings(base, out=out, prior="laplace", private_latent_dim=private_dim)
     if name == "ebm_private":
-        return dataclasses.replace(base, out=out, prior="ebm", private_latent_dim=private_dim)
-    return dataclasses.replace(base, out=out, prior="ebm")
+        return replace_settings(base, out=out, prior="ebm", private_latent_dim=private_dim)
+    return replace_settings(base, out=out, prior="ebm")
 
 
 def run_or_load(config: ExperimentConfig) -> dict[str, Any]:
     results_path = Path(config.out) / RESULTS_NAME
     if results_path.is_file():
         return json.loads(results_path.read_text())
-    results = run(dataclasses.replace(config, resume=True))  # a folder without a run simply starts
+    results = run(replace_settings(config, resume=True))  # a folder without a run simply starts
     return json.loads(results_path.read_text()) if results_path.is_file() else results
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    base = ExperimentConfig(
+    base = from_flat(ExperimentConfig, dict(
         dataset="polymnist", out=args.out, data_root=args.data_root, source_root=args.source_root,
         cache_dir=args.cache_dir, latent_dim=args.latent_dim, batch_size=args.batch_size, epochs=args.epochs,
         epoch_size=args.epoch_size, two_stage_epochs=args.two_stage_epochs, eval_size=args.eval_size,
         joint_samples=args.joint_samples, classifier_epochs=args.classifier_epochs, seed=args.seed,
         device=args.device,
-    )
-    summary: dict[str, Any] = {"base": base.to_dict(), "runs": {}}
+    ))
+    summary: dict[str, Any] = {"base": to_dict(base), "runs": {}}
     rows = []
     for name in args.runs:
         print(f"== {name}", flush=True)

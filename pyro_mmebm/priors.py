@@ -10,7 +10,8 @@ the model expands it over its plates. Swapping priors is one line in the model's
     prior = SoftmaxScaleLaplacePrior(latent_dim=20)         # MMVAE's learnable prior
     prior = NormalPrior(latent_dim=20)                      # MVAE / MoPoE
 
-or, by name, ``PRIORS[name](latent_dim)``. Learnable priors train in the prior's parameter group of
+or, by name, ``PRIORS[name](latent_dim)`` (the EBM priors, :data:`EBM_PRIORS`, with their settings:
+``PRIORS["ebm"](latent_dim, EBMPriorConfig(...))``). Learnable priors train in the prior's parameter group of
 :func:`pyro_mmebm.fit` (``prior_lr``, ``prior_betas``). The Laplace and Normal priors are defined
 here, the EBM prior with the rest of the EBM in :mod:`pyro_mmebm.ebm`.
 """
@@ -92,4 +93,8 @@ PRIORS = {
     "laplace_softmax": SoftmaxScaleLaplacePrior,
     "normal": NormalPrior,
 }
-"""Prior factories by name, each called as ``PRIORS[name](latent_dim, **options)``."""
+"""Prior factories by name, each called as ``PRIORS[name](latent_dim)``; those of :data:`EBM_PRIORS` take an
+:class:`~pyro_mmebm.ebm.EBMPriorConfig` as well."""
+
+EBM_PRIORS = ("ebm", "ebm_normal")
+"""The names of :data:`PRIORS` that are energy-based priors."""

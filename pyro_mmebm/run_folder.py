@@ -23,9 +23,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pyro_mmebm.atomic import atomic_save_json
 from pyro_mmebm.checkpoint import CHECKPOINT_NAME, CheckpointError, ExistingRunError, read_checkpoint
@@ -55,7 +55,7 @@ def _resumed_config(
     config_name: str,
     may_change: Collection[str],
     ignore: Collection[str],
-    defaults: Optional[Mapping[str, Any]],
+    settings: Callable[[Mapping[str, Any]], Mapping[str, Any]],
 ) -> dict[str, Any]:
     """``config`` with the saved run's history of resumes; raises, writing nothing, when the saved run
     is another run or its checkpoint is unreadable."""
@@ -67,11 +67,12 @@ def _resumed_config(
             f"{out} holds a checkpoint but no {config_name}, so it cannot be checked to be the same run; "
             "start afresh with --overwrite or in a fresh --out"
         )
-    saved = {**_jsonable(defaults or {}), **json.loads(saved_path.read_text())}
+    saved_config = json.loads(saved_path.read_text())
+    saved = _jsonable(settings(saved_config))
     epochs_done = read_checkpoint(checkpoint)["epoch"] + 1  # refuses a damaged checkpoint now
     differing = {
         name: {"from": saved.get(name), "to": value}
-        for name, value in config.items()
+        for name, value in _jsonable(settings(config)).items()
         if name not in ignore and name != RESUMES_KEY and saved.get(name) != value
     }
     fixed = {name: change for name, change in differing.items() if name not in may_change}
@@ -82,7 +83,7 @@ def _resumed_config(
             f"training. Resume with the run's own settings (see {saved_path}; only {', '.join(sorted(may_change))} "
             "may change), or start a new run in a fresh --out (or --overwrite this one)."
         )
-    history = list(saved.get(RESUMES_KEY, []))
+    history = list(saved_config.get(RESUMES_KEY, []))
     if differing:
         history.append({"after_epoch": epochs_done, "changed": differing})
     return {**config, RESUMES_KEY: history}
@@ -98,7 +99,7 @@ def claim_run_folder(
     overwrite: bool,
     may_change: Collection[str] = (),
     ignore: Collection[str] = (),
-    defaults: Optional[Mapping[str, Any]] = None,
+    settings: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict,
 ) -> dict[str, Any]:
     """Make ``out`` the folder of the run configured by ``config``, write ``config`` there as
     ``config_name`` and return what was written (``config``, with the run's history of resumes).
@@ -110,7 +111,9 @@ def claim_run_folder(
     :param may_change: settings a resume may change (recorded under :data:`RESUMES_KEY`); any other
         setting that differs from the saved run's refuses the resume.
     :param ignore: settings never compared (e.g. the ``resume`` flag itself).
-    :param defaults: values of settings that a saved configuration lacks (written before they existed).
+    :param settings: a configuration's settings by name, as a resume compares them (default: its
+        top-level entries); it reads the saved configuration too, so it fills in settings added since
+        the run was saved and reads a layout of an earlier version.
     :raises ExistingRunError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is set.
     :raises ResumeMismatchError: a resume with other settings than the saved run's.
     :raises CheckpointError: a resume whose checkpoint is damaged or unreadable.
@@ -131,7 +134,7 @@ def claim_run_folder(
         for path in sorted(found, key=lambda path: path.name == config_name):
             path.unlink()
     elif found:
-        config = _resumed_config(out, config, config_name, may_change, ignore, defaults)
+        config = _resumed_config(out, config, config_name, may_change, ignore, settings)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_json(config, out / config_name)
     return config

@@ -49,6 +49,7 @@ from pyro_mmebm.experiment import (
     smoke_config,
     write_fake_dataset,
 )
+from pyro_mmebm.settings import replace_settings, to_dict, to_flat
 from pyro_mmebm.networks import MLPDecoder, MLPEncoder
 from pyro_mmebm.run_folder import ResumeMismatchError
 from pyro_mmebm.training import evaluate_loss
@@ -67,7 +68,7 @@ def finished_run(tmp_path_factory) -> Path:
     """The folder of a finished one-epoch smoke run (Laplace prior, MNIST-SVHN)."""
     out = tmp_path_factory.mktemp("finished") / "run"
     config = ExperimentConfig(dataset="mnist_svhn", out=str(out), data_root="", prior="laplace", smoke=True)
-    run(dataclasses.replace(smoke_config(config), epochs=1), progress=False)
+    run(replace_settings(smoke_config(config), epochs=1), progress=False)
     return out
 
 
@@ -80,7 +81,7 @@ def run_folder(finished_run, tmp_path) -> tuple[ExperimentConfig, Path]:
     config = dataclasses.replace(
         load_experiment_config(out), out=str(out), data_root=str(data), cache_dir=str(data / "cache")
     )
-    atomic_save_json(config.to_dict(), out / EXPERIMENT_CONFIG_NAME)
+    atomic_save_json(to_dict(config), out / EXPERIMENT_CONFIG_NAME)
     return config, out
 
 
@@ -97,9 +98,9 @@ def test_new_run_refuses_a_folder_that_holds_a_run(run_folder):
 
 def test_overwrite_deletes_the_old_run_before_the_new_one_starts(run_folder):
     config, out = run_folder
-    claimed = claim_out_folder(dataclasses.replace(config, overwrite=True, epochs=2))
+    claimed = claim_out_folder(replace_settings(config, overwrite=True, epochs=2))
     assert sorted(path.name for path in out.iterdir()) == [EXPERIMENT_CONFIG_NAME, "smoke_data"]
-    assert load_experiment_config(out).epochs == 2 and claimed.resumes == []
+    assert load_experiment_config(out).train.epochs == 2 and claimed.resumes == []
 
 
 @pytest.mark.parametrize(
@@ -123,27 +124,41 @@ def test_resume_with_a_damaged_checkpoint_leaves_the_folder_as_it_was(run_folder
     checkpoint.write_bytes(bytes(data))
     before = snapshot(out)
     with pytest.raises(CheckpointError):
-        run(dataclasses.replace(config, resume=True, epochs=2), progress=False)
+        run(replace_settings(config, resume=True, epochs=2), progress=False)
     assert snapshot(out) == before
 
 
 def test_resume_records_the_settings_it_changes_in_the_run_history(run_folder):
     config, out = run_folder
-    claimed = claim_out_folder(dataclasses.replace(config, resume=True, epochs=3, eval_size=5))
+    claimed = claim_out_folder(replace_settings(config, resume=True, epochs=3, eval_size=5))
     expected = [{"after_epoch": 1, "changed": {"epochs": {"from": 1, "to": 3}, "eval_size": {"from": 10, "to": 5}}}]
     assert claimed.resumes == expected
     saved = load_experiment_config(out)
-    assert saved.resumes == expected and saved.epochs == 3
+    assert saved.resumes == expected and saved.train.epochs == 3
 
 
 def test_resume_of_a_run_saved_before_a_setting_existed_takes_its_default(run_folder):
     config, out = run_folder
     saved = json.loads((out / EXPERIMENT_CONFIG_NAME).read_text())
-    del saved["ebm_persistent"]  # as if written by a version without the setting
+    del saved["ebm"]["persistent"]  # as if written by a version without the setting
     (out / EXPERIMENT_CONFIG_NAME).write_text(json.dumps(saved))
     assert claim_out_folder(dataclasses.replace(config, resume=True)).resumes == []
     with pytest.raises(ResumeMismatchError, match="ebm_persistent False -> True"):
-        claim_out_folder(dataclasses.replace(config, resume=True, ebm_persistent=True))
+        claim_out_folder(replace_settings(config, resume=True, ebm_persistent=True))
+
+
+def test_a_run_saved_flat_by_an_earlier_version_loads_and_resumes(run_folder):
+    config, out = run_folder
+    flat = {**to_flat(config), "extra": {}}  # the layout of experiment.json before the settings were composed
+    for added_since in ("ebm_activation", "betas", "prior_betas"):
+        del flat[added_since]
+    (out / EXPERIMENT_CONFIG_NAME).write_text(json.dumps(flat))
+    assert load_experiment_config(out) == config
+    assert claim_out_folder(dataclasses.replace(config, resume=True)).resumes == []
+    assert "ebm" in json.loads((out / EXPERIMENT_CONFIG_NAME).read_text())  # written back composed
+    (out / EXPERIMENT_CONFIG_NAME).write_text(json.dumps(flat))
+    with pytest.raises(ResumeMismatchError, match="langevin_step_size 0.3 -> 0.4"):
+        claim_out_folder(replace_settings(config, resume=True, langevin_step_size=0.4))
 
 
 def test_two_stage_training_from_a_run_of_another_dataset_is_refused(run_folder, tmp_path):
@@ -213,10 +228,19 @@ def test_impossible_settings_are_refused_when_parsed(argv, capsys):
 
 
 def test_impossible_settings_are_refused_by_the_configuration():
+    config = ExperimentConfig(dataset="mnist_svhn", out="runs/x", data_root="data")
     with pytest.raises(ValueError, match=r"epochs \(--epochs\) must be at least 1, got 0"):
-        ExperimentConfig(dataset="mnist_svhn", out="runs/x", data_root="data", epochs=0)
+        replace_settings(config, epochs=0)
+    with pytest.raises(ValueError, match=r"epochs \(--epochs\) must be at least 1, got 0"):
+        TrainConfig(epochs=0)
     with pytest.raises(ValueError, match=r"langevin_step_size \(--langevin-step-size\) must be a positive"):
-        ExperimentConfig(dataset="mnist_svhn", out="runs/x", data_root="data", langevin_step_size=-1.0)
+        replace_settings(config, langevin_step_size=-1.0)
+    with pytest.raises(ValueError, match=r"langevin_step_size \(--langevin-step-size\) must be a positive"):
+        LangevinConfig(step_size=-1.0)
+    with pytest.raises(ValueError, match=r"prior \(--prior\) must be one of .*, got 'cauchy'"):
+        ExperimentConfig(dataset="mnist_svhn", out="runs/x", data_root="data", prior="cauchy")
+    with pytest.raises(ValueError, match="private latents .* mixture-of-experts guide only"):
+        replace_settings(config, guide="poe", private_latent_dim=2)
 
 
 def test_eval_size_larger_than_the_test_set_is_refused_before_training(run_folder):
