@@ -1,0 +1,161 @@
+"""Settings: every command-line option reaches the object that uses it, the options of earlier versions
+keep their names, and a run's configuration reads back from JSON, nested or in the earlier flat layout."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from guides import MixtureOfProductsOfExpertsGuide, PrivateLatentGuide
+from pyro_mmebm import LangevinConfig
+from pyro_mmebm.ebm import tilted_laplace
+from pyro_mmebm.experiment import (
+    ExperimentConfig,
+    add_arguments,
+    build_model_and_guide,
+    config_from_args,
+    read_experiment_config,
+)
+from pyro_mmebm.settings import from_flat, replace_settings, to_dict, to_flat
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+
+
+def example(name: str):
+    """The module of ``examples/<name>.py``."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse(*argv: str, dataset: str = "polymnist") -> ExperimentConfig:
+    """The configuration an example's command line gives, small networks unless ``argv`` says otherwise."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, dataset_defaults={"out": "unused", "data_root": "unused", "latent_dim": 4, "ebm_hidden": 8})
+    return config_from_args(dataset, parser.parse_args(argv))
+
+
+BUILDERS = {
+    "runner": lambda config: build_model_and_guide(config, train_set=None),
+    "example": lambda config: example(config.dataset).model_and_guide(config),
+}
+
+
+@pytest.mark.parametrize("builder", sorted(BUILDERS))
+def test_the_langevin_options_reach_the_sampler_inside_the_built_prior(builder, monkeypatch):
+    config = parse("--langevin-step-size", "0.37", "--langevin-steps", "7", "--ebm-generation-steps", "9")
+    model, _ = BUILDERS[builder](config)
+    chains = []
+    monkeypatch.setattr(
+        tilted_laplace, "langevin_sample", lambda f, init, langevin: chains.append(langevin) or init
+    )
+    model.prior().sample((3,))  # generation
+    model.prior().log_prob(torch.zeros(5, 4, requires_grad=True))  # training negatives
+    assert chains == [LangevinConfig(steps=9, step_size=0.37), LangevinConfig(steps=7, step_size=0.37)]
+
+
+@pytest.mark.parametrize("builder", sorted(BUILDERS))
+def test_the_guide_options_reach_the_built_guide_and_its_encoders(builder):
+    model, guide = BUILDERS[builder](parse("--guide", "mopoe"))
+    assert isinstance(guide, MixtureOfProductsOfExpertsGuide)
+    assert {encoder.scale_activation for encoder in guide.encoders.values()} == {"softplus"}
+    model, guide = BUILDERS[builder](parse("--private-latent-dim", "3"))
+    assert isinstance(guide, PrivateLatentGuide) and guide.private_dim == 3 and model.private_dim == 3
+    assert {encoder.latent_dim for encoder in guide.encoders.values()} == {4 + 3}
+    assert {encoder.scale_activation for encoder in guide.encoders.values()} == {"softmax"}
+
+
+@pytest.mark.parametrize("dataset", ["mnist_svhn", "polymnist"])
+@pytest.mark.parametrize(
+    "argv", [[], ["--prior", "laplace", "--guide", "poe"], ["--private-latent-dim", "2"], ["--prior", "ebm_normal"]]
+)
+def test_an_example_builds_what_the_runner_rebuilds_from_its_folder(dataset, argv):
+    # load_run and two-stage runs rebuild an example's run from the data set's registry: weight for weight.
+    config = parse(*argv, dataset=dataset)
+    model, guide = example(dataset).model_and_guide(config)
+    expected_model, expected_guide = build_model_and_guide(config, train_set=None)
+    for built, expected in ((model, expected_model), (guide, expected_guide)):
+        assert type(built) is type(expected)
+        state, expected_state = built.state_dict(), expected.state_dict()
+        assert state.keys() == expected_state.keys()
+        assert all(torch.equal(state[key], expected_state[key]) for key in state)
+    assert type(model.prior) is type(expected_model.prior)
+    assert model.likelihood_scales == expected_model.likelihood_scales and model.likelihoods == expected_model.likelihoods
+
+
+EARLIER_OPTIONS = {
+    "data_root": (["--data-root", "d"], "d"),
+    "source_root": (["--source-root", "s"], "s"),
+    "download": (["--download"], True),
+    "cache_dir": (["--cache-dir", "c"], "c"),
+    "out": (["--out", "o"], "o"),
+    "prior": (["--prior", "ebm_normal"], "ebm_normal"),
+    "latent_dim": (["--latent-dim", "32"], 32),
+    "private_latent_dim": (["--private-latent-dim", "3"], 3),
+    "ebm_hidden": (["--ebm-hidden", "400"], 400),
+    "ebm_depth": (["--ebm-depth", "6"], 6),
+    "ebm_regularisation": (["--ebm-regularisation", "0.2"], 0.2),
+    "ebm_spectral_norm": (["--ebm-spectral-norm"], True),
+    "ebm_persistent": (["--ebm-persistent"], True),
+    "langevin_steps": (["--langevin-steps", "60"], 60),
+    "langevin_step_size": (["--langevin-step-size", "0.4"], 0.4),
+    "ebm_generation_steps": (["--ebm-generation-steps", "200"], 200),
+    "ebm_warmup_epochs": (["--ebm-warmup-epochs", "2"], 2),
+    "objective": (["--objective", "iwae"], "iwae"),
+    "num_samples": (["-K", "5"], 5),
+    "epochs": (["--epochs", "8"], 8),
+    "batch_size": (["--batch-size", "32"], 32),
+    "epoch_size": (["--epoch-size", "3200"], 3200),
+    "lr": (["--lr", "0.002"], 0.002),
+    "amsgrad": (["--amsgrad"], True),
+    "prior_lr": (["--prior-lr", "2e-5"], 2e-5),
+    "grad_clip": (["--grad-clip", "5"], 5.0),
+    "max_energy_gap": (["--max-energy-gap", "100"], 100.0),
+    "seed": (["--seed", "3"], 3),
+    "device": (["--device", "cpu"], "cpu"),
+    "tensorboard": (["--tensorboard"], True),
+    "eval_size": (["--eval-size", "2000"], 2000),
+    "joint_samples": (["--joint-samples", "2000"], 2000),
+    "max_source_size": (["--max-source-size", "2"], 2),
+    "classifier_epochs": (["--classifier-epochs", "3"], 3),
+    "two_stage_from": (["--two-stage-from", "runs/laplace"], "runs/laplace"),
+    "start_from": (["--start-from", "runs/laplace/checkpoint.pt"], "runs/laplace/checkpoint.pt"),
+    "two_stage_epochs": (["--two-stage-epochs", "3"], 3),
+    "resume": (["--resume"], True),
+    "smoke": (["--smoke"], True),
+}
+"""Every option of the examples before the settings were composed, with a value and what it sets."""
+
+
+def test_every_earlier_option_keeps_its_name_and_meaning():
+    argv = [token for tokens, _ in EARLIER_OPTIONS.values() for token in tokens]
+    settings = to_flat(parse(*argv))
+    assert {name: settings[name] for name in EARLIER_OPTIONS} == {name: v for name, (_, v) in EARLIER_OPTIONS.items()}
+    assert parse("--guide", "poe").guide.name == "poe" and parse("--overwrite").overwrite
+
+
+def test_help_shows_every_default(capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, dataset_defaults={"out": "runs/x", "data_root": "data", "latent_dim": 32})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--langevin-step-size LANGEVIN_STEP_SIZE Langevin step size s (default: 0.3)",
+                  "dimension of the shared latent (default: 32)", "--ebm-warmup-epochs"):
+        assert shown in text
+
+
+def test_a_configuration_reads_back_from_json_nested_or_flat():
+    config = replace_settings(parse(), langevin_step_size=0.4, ebm_warmup_epochs=2, guide="mopoe", prior_betas=(0.1, 0.9))
+    assert read_experiment_config(json.loads(json.dumps(to_dict(config)))) == config
+    flat = json.loads(json.dumps({**to_flat(config), "extra": {}}))  # an experiment.json of an earlier version
+    assert read_experiment_config(flat) == config
+    assert from_flat(ExperimentConfig, {"dataset": "cub", "out": "o", "data_root": "d"}).ebm.langevin == LangevinConfig()
+    with pytest.raises(ValueError, match="unknown settings of ExperimentConfig: \\['langevin_stepsize'\\]"):
+        replace_settings(config, langevin_stepsize=0.4)
