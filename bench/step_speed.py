@@ -48,7 +48,7 @@ from pyro_mmebm import LaplacePrior, Likelihood  # noqa: E402
 from pyro_mmebm.data import InMemoryBatches  # noqa: E402
 from pyro_mmebm.device import select_device  # noqa: E402
 from pyro_mmebm.ebm import EnergyMLP  # noqa: E402
-from pyro_mmebm.ebm.langevin import langevin_sample, log_density_and_grad  # noqa: E402
+from pyro_mmebm.ebm.langevin import LangevinConfig, langevin_sample, log_density_and_grad  # noqa: E402
 from pyro_mmebm.networks import PolyMNISTDecoder, PolyMNISTEncoder  # noqa: E402
 
 LATENT = 32
@@ -221,9 +221,10 @@ def compare_langevin(args: argparse.Namespace, device: torch.device) -> dict:
         for _ in range(args.langevin_steps):
             log_density_and_grad(lambda x: energy(x), z)
 
+    langevin = LangevinConfig(steps=args.langevin_steps, step_size=0.4)
     sampler, bare = [], []
     for _ in range(args.steps):
-        sampler.append(time_it(lambda: langevin_sample(log_density, init, args.langevin_steps, 0.4), device))
+        sampler.append(time_it(lambda: langevin_sample(log_density, init, langevin), device))
         bare.append(time_it(floor, device))
     sampler_ms, floor_ms = 1e3 * statistics.median(sampler), 1e3 * statistics.median(bare)
     return {"steps": args.langevin_steps, "sampler_ms": sampler_ms, "floor_ms": floor_ms, "ratio": sampler_ms / floor_ms}

@@ -9,7 +9,7 @@ from pyro.infer import Trace_ELBO
 
 from guides import MixtureOfExpertsGuide
 from models import MultimodalVAE
-from pyro_mmebm import EnergyBasedPrior, LaplacePrior, Likelihood
+from pyro_mmebm import EBMPriorConfig, EnergyBasedPrior, LangevinConfig, LaplacePrior, Likelihood
 from pyro_mmebm.networks import MLPDecoder, MLPEncoder, PolyMNISTDecoder, PolyMNISTEncoder
 from pyro_mmebm.speed import compile_networks, networks, use_channels_last, use_mixed_precision
 
@@ -19,7 +19,8 @@ LATENT = 4
 def polymnist(prior: str = "laplace") -> tuple[MultimodalVAE, MixtureOfExpertsGuide]:
     torch.manual_seed(0)
     names = ("m0", "m1")
-    base = LaplacePrior(LATENT) if prior == "laplace" else EnergyBasedPrior(LATENT, hidden_dim=16, depth=2, num_steps=2)
+    ebm = EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=2))
+    base = LaplacePrior(LATENT) if prior == "laplace" else EnergyBasedPrior(LATENT, ebm)
     model = MultimodalVAE({n: PolyMNISTDecoder(LATENT) for n in names}, {n: Likelihood("laplace", 0.75) for n in names}, base)
     guide = MixtureOfExpertsGuide({n: PolyMNISTEncoder(LATENT, scale_activation="softmax") for n in names}, LATENT)
     return model, guide
