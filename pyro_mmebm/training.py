@@ -114,7 +114,7 @@ def evaluate_loss(
     return total / max(count, 1)
 
 
-def end_epoch(
+def _end_epoch(
     record: dict[str, Any],
     history: list[dict[str, Any]],
     modules: Mapping[str, nn.Module],
@@ -238,7 +238,7 @@ def _train_epochs(
         if log is not None:
             log.scalars({f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "steps")}, step)
             log.flush()
-        end_epoch(
+        _end_epoch(
             record, history, {"model": model, "guide": guide}, optimizer, to_dict(config),
             out_dir=out_dir if group.is_main else None, metrics_name=metrics_name, progress=progress,
         )

@@ -189,9 +189,6 @@ class PersistentChains(nn.Module):
     def update(self, states: Tensor) -> None:
         self.states = states.detach()
 
-    def reset(self) -> None:
-        self.states = None
-
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
