@@ -122,6 +122,7 @@ class Setting:
 
     @property
     def default(self) -> Any:
+        """The field's default (``dataclasses.MISSING`` when the setting must be given)."""
         if self.field.default_factory is not MISSING:
             return self.field.default_factory()
         return self.field.default
