@@ -17,7 +17,8 @@ from pyro_mmebm.ebm import (
 )
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.priors import PRIORS, LaplacePrior, NormalPrior, SoftmaxScaleLaplacePrior
-from pyro_mmebm.training import TrainConfig, evaluate_loss, fit, fit_prior_to_posterior
+from pyro_mmebm.training import TrainConfig, evaluate_loss, fit
+from pyro_mmebm.two_stage import fit_prior_to_posterior
 
 __version__ = "0.1.0"
 

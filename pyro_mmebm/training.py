@@ -1,13 +1,12 @@
-"""Training: decoders β, encoders φ and the EBM prior α jointly in one optimiser step (:func:`fit`), or, as
-the second stage of two-stage training, the EBM prior alone on a trained model's posterior
-(:func:`fit_prior_to_posterior`).
+"""Training: decoders β, encoders φ and the EBM prior α jointly in one optimiser step (:func:`fit`).
 
 The loss is a Pyro ELBO used in the ``ELBOModule`` style: ``Trace_ELBO()(model, guide)`` is an
 ``nn.Module`` whose call returns the differentiable negative ELBO, so one ``torch.optim.Adam`` with two
 parameter groups updates everything, the prior's energy network with its own learning rate and betas
-(an EBM typically wants a much smaller rate than the VAE). Both fits run the same epoch loop: data
-parallel under ``torch.distributed``, a checkpoint every epoch, TensorBoard logging, and the prior's
-own work (the EBM's warm-up and energy-gap watch) as :class:`~pyro_mmebm.contracts.TrainingHook` s.
+(an EBM typically wants a much smaller rate than the VAE). Its epoch loop (:func:`train_epochs`) is
+also that of the two-stage fit (:func:`pyro_mmebm.two_stage.fit_prior_to_posterior`): data parallel
+under ``torch.distributed``, a checkpoint every epoch, TensorBoard logging, and the prior's own work
+(the EBM's warm-up and energy-gap watch) as :class:`~pyro_mmebm.contracts.TrainingHook` s.
 """
 
 from __future__ import annotations
@@ -31,13 +30,12 @@ from pyro_mmebm.batch import prepare_batch, split_batch
 from pyro_mmebm.checkpoint import resume_state, save_checkpoint, start_from_other_prior
 from pyro_mmebm.contracts import MultimodalModel, TrainingHook
 from pyro_mmebm.distributed import ProcessGroup, seed_epoch, set_epoch, shard_loader
-from pyro_mmebm.ebm.hooks import EnergyGapWatch, prior_hooks
+from pyro_mmebm.ebm.hooks import prior_hooks
 from pyro_mmebm.ebm.prior import EnergyBasedPrior
 from pyro_mmebm.settings import at_least, check_settings, positive, positive_or_infinite, setting, to_dict
 from pyro_mmebm.tensorboard import TensorBoardLog
 
 METRICS_NAME = "metrics.json"
-TWO_STAGE_METRICS_NAME = "two_stage_metrics.json"
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,7 @@ def _learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {f"lr/{group.get('name', i)}": group["lr"] for i, group in enumerate(optimizer.param_groups)}
 
 
-def _data_parallel(loss: nn.Module, device: torch.device, *, find_unused_parameters: bool = False) -> nn.Module:
+def data_parallel(loss: nn.Module, device: torch.device, *, find_unused_parameters: bool = False) -> nn.Module:
     """``loss`` in ``DistributedDataParallel`` inside a joined process group; ``loss`` itself otherwise.
 
     Buffers (batch norm statistics, persistent chains) start as rank 0's, then stay each process's own.
@@ -152,7 +150,33 @@ def _data_parallel(loss: nn.Module, device: torch.device, *, find_unused_paramet
     )
 
 
-def _train_epochs(
+def _reduce_step(
+    loss_name: str,
+    loss: Tensor,
+    batch: Mapping[str, Tensor],
+    hooks: Sequence[TrainingHook],
+    group: ProcessGroup,
+    device: torch.device,
+    step: int,
+) -> tuple[float, int, dict[str, float]]:
+    """A step's loss and number of examples summed over all processes, and its hooks' scalars, from
+    one ``all_reduce`` of them with the hooks' values (which the hooks get back averaged).
+
+    :raises FloatingPointError: when the loss is not finite.
+    """
+    hook_values = [hook.step_values() for hook in hooks]
+    local = [loss.detach(), next(iter(batch.values())).shape[0], *(v for values in hook_values for v in values)]
+    total, examples, *sums = group.sum(local, device)
+    if not math.isfinite(total):
+        raise FloatingPointError(f"training {loss_name.replace('_', ' ')} became {total} at step {step}")
+    means, scalars = [value / group.world_size for value in sums], {}
+    for hook, values in zip(hooks, hook_values):
+        scalars.update(hook.end_step(means[: len(values)], step))
+        means = means[len(values):]
+    return total, int(examples), scalars
+
+
+def train_epochs(
     loss_fn: Callable[[dict[str, Tensor]], Tensor],
     loader: Iterable,
     model: nn.Module,
@@ -172,14 +196,17 @@ def _train_epochs(
     progress: bool,
     tensorboard: Optional[str | Path],
 ) -> list[dict[str, Any]]:
-    """The epoch loop of both fits, from ``start_epoch`` to ``config.epochs``; returns ``history``.
+    """The epoch loop of :func:`fit` and of the two-stage fit, from ``start_epoch`` to ``config.epochs``;
+    returns ``history`` with a record per epoch appended.
 
     Every step descends ``loss_fn(batch)``, a loss summed over the batch's examples (scaled by the
-    number of processes, as DDP averages gradients), and reduces the loss, the number of examples
-    and the hooks' values over all processes in one ``all_reduce``. Every epoch records
-    ``loss_name`` (the mean per example), the hooks' entries, ``validate()`` (rank 0) as
-    ``val_loss``, the steps and the seconds; rank 0 writes a checkpoint of ``model`` and ``guide``
-    and the history as ``metrics_name`` into ``out_dir``, and TensorBoard events into ``tensorboard``.
+    number of processes, as DDP averages gradients; wrap the loss in :func:`data_parallel`), and
+    reduces the loss, the number of examples and the hooks' values over all processes in one
+    ``all_reduce``. Every epoch puts ``trained`` in train mode, shards ``loader`` (inside a process
+    group) and records ``loss_name`` (the mean per example), the hooks' entries, ``validate()``
+    (rank 0) as ``val_loss``, the steps and the seconds; rank 0 writes a checkpoint of ``model`` and
+    ``guide`` (and ``optimizer``) and the history as ``metrics_name`` into ``out_dir``, and
+    TensorBoard events into ``tensorboard``.
     """
     group = ProcessGroup.current()
     progress = progress and group.is_main
@@ -211,25 +238,16 @@ def _train_epochs(
             optimizer.step()
             step += 1
             steps += 1
-            hook_values = [hook.step_values() for hook in hooks]
-            local = [loss.detach(), next(iter(batch.values())).shape[0], *(v for values in hook_values for v in values)]
-            reduced = group.sum(local, device)
-            if not math.isfinite(reduced[0]):
-                raise FloatingPointError(f"training {loss_name.replace('_', ' ')} became {reduced[0]} at step {step}")
-            loss_sum += reduced[0]
-            count += int(reduced[1])
-            means, watched = [value / group.world_size for value in reduced[2:]], {}
-            for hook, values in zip(hooks, hook_values):
-                watched.update(hook.end_step(means[: len(values)], step))
-                means = means[len(values):]
-            bar.set_postfix(
-                {loss_name: f"{loss_sum / count:.1f}", **{tag.split("/")[-1]: f"{v:.3g}" for tag, v in watched.items()}}
-            )
+            total, examples, watched = _reduce_step(loss_name, loss, batch, hooks, group, device, step)
+            loss_sum += total
+            count += examples
+            shown = {tag.split("/")[-1]: f"{value:.3g}" for tag, value in watched.items()}
+            bar.set_postfix({loss_name: f"{loss_sum / count:.1f}", **shown})
             if log is not None:
-                scalars = {f"train/{loss_name}": reduced[0] / reduced[1], **watched, **_learning_rates(optimizer)}
+                scalars = {f"train/{loss_name}": total / examples, **watched, **_learning_rates(optimizer)}
                 log.scalars({**scalars, "time/step_seconds": time.perf_counter() - step_started}, step)
-        seconds = time.perf_counter() - started
-        record: dict[str, Any] = {"epoch": epoch, "steps": steps, loss_name: loss_sum / max(count, 1), "seconds": seconds}
+        mean_loss, seconds = loss_sum / max(count, 1), time.perf_counter() - started
+        record: dict[str, Any] = {"epoch": epoch, "steps": steps, loss_name: mean_loss, "seconds": seconds}
         for hook in hooks:
             record.update(hook.end_epoch())
         if validate is not None and group.is_main:
@@ -305,14 +323,14 @@ def fit(
     if start_from is not None and not history:
         history, start_epoch = start_from_other_prior(start_from, model, guide, optimizer, map_location=device)
     # The energy network is unused during a warm-up with the base prior.
-    loss = _data_parallel(elbo_module, device, find_unused_parameters=start_epoch < config.prior_warmup_epochs)
+    loss = data_parallel(elbo_module, device, find_unused_parameters=start_epoch < config.prior_warmup_epochs)
 
     def validate() -> float:
         model.eval()
         guide.eval()
         return evaluate_loss(model, guide, val_loader, elbo=elbo, device=device)
 
-    return _train_epochs(
+    return train_epochs(
         functools.partial(loss, **_num_draws(guide)), train_loader, model, guide, optimizer, config,
         trained=(model, guide), history=history, start_epoch=start_epoch,
         hooks=[*prior_hooks(model.prior, config), *hooks], loss_name="loss", metrics_name=METRICS_NAME,
@@ -321,80 +339,4 @@ def fit(
     )
 
 
-class PriorNegativeLogLikelihood(nn.Module):
-    """``−Σ log p_α(z)`` over posterior draws ``z ~ q(z | X)`` of a batch (no gradient to the guide), as
-    a module (so that ``DistributedDataParallel`` can wrap it)."""
-
-    def __init__(self, prior: nn.Module, guide: nn.Module) -> None:
-        super().__init__()
-        self.prior = prior
-        self.guide = guide
-
-    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        with torch.no_grad():
-            z = self.guide.posterior(batch).sample()
-        return -self.prior().log_prob(z).sum()
-
-
-def freeze(*modules: nn.Module) -> None:
-    """Stop training ``modules``: no gradients, and eval mode (batch norm statistics fixed)."""
-    for module in modules:
-        module.requires_grad_(False)
-        module.eval()
-
-
-def fit_prior_to_posterior(
-    model: MultimodalModel,
-    guide: nn.Module,
-    loader: Iterable,
-    config: TrainConfig,
-    *,
-    out_dir: Optional[str | Path] = None,
-    resume: bool = False,
-    device: Optional[torch.device] = None,
-    progress: bool = True,
-    tensorboard: Optional[str | Path] = None,
-) -> list[dict[str, Any]]:
-    r"""Fit ``model.prior`` (an :class:`~pyro_mmebm.ebm.EnergyBasedPrior`) to the aggregate posterior by
-    maximum likelihood; return per-epoch metrics (``prior_loss``, the mean ``−log p_α(z)`` per example,
-    and the energy gap as :func:`fit` records it).
-
-    Encoders and decoders stay fixed: only ``model.prior``'s parameters train, with Adam at
-    ``config.prior_lr``. Each step draws ``z ~ q(z | X)`` (no gradient to the guide) and descends
-    ``−Σ TiltedLaplace.log_prob(z)``, whose α-gradient is the maximum-likelihood gradient
-    ``−(E_q[∇_α f_α(z)] − E_{p_α}[∇_α f_α(z⁻)])`` per draw, the expectation under the prior on
-    short-run Langevin negatives. The epoch loop is :func:`fit`'s: checkpoints (``metrics`` as
-    ``two_stage_metrics.json``), ``resume``, the energy-gap watch, TensorBoard and data parallelism
-    work as there.
-    """
-    device = device or next(model.parameters()).device
-    model.to(device)
-    guide.to(device)
-    freeze(model, guide)
-    model.prior.requires_grad_(True)
-    pyro.set_rng_seed(config.seed)
-    optimizer = torch.optim.Adam(model.prior.parameters(), lr=config.prior_lr, betas=config.prior_betas)
-    out_dir = Path(out_dir) if out_dir is not None else None
-    history, start_epoch = resume_state(
-        out_dir, {"model": model, "guide": guide}, optimizer, resume=resume, map_location=device
-    )
-    return _train_epochs(
-        _data_parallel(PriorNegativeLogLikelihood(model.prior, guide), device), loader, model, guide, optimizer,
-        config, trained=(model.prior,), history=history, start_epoch=start_epoch,
-        hooks=[EnergyGapWatch(model.prior, config.max_energy_gap)], loss_name="prior_loss",
-        metrics_name=TWO_STAGE_METRICS_NAME, validate=None, out_dir=out_dir, device=device, progress=progress,
-        tensorboard=tensorboard,
-    )
-
-
-__all__ = [
-    "METRICS_NAME",
-    "TWO_STAGE_METRICS_NAME",
-    "PriorNegativeLogLikelihood",
-    "TrainConfig",
-    "evaluate_loss",
-    "fit",
-    "fit_prior_to_posterior",
-    "freeze",
-    "make_optimizer",
-]
+__all__ = ["METRICS_NAME", "TrainConfig", "evaluate_loss", "fit", "make_optimizer", "train_epochs"]

@@ -86,7 +86,8 @@ def test_an_example_builds_what_the_runner_rebuilds_from_its_folder(dataset, arg
         assert state.keys() == expected_state.keys()
         assert all(torch.equal(state[key], expected_state[key]) for key in state)
     assert type(model.prior) is type(expected_model.prior)
-    assert model.likelihood_scales == expected_model.likelihood_scales and model.likelihoods == expected_model.likelihoods
+    assert model.likelihood_scales == expected_model.likelihood_scales
+    assert model.likelihoods == expected_model.likelihoods
 
 
 EARLIER_COMMAND = (
@@ -130,10 +131,13 @@ def test_help_shows_the_defaults(capsys):
 
 
 def test_a_configuration_reads_back_from_json_nested_or_flat():
-    config = replace_settings(parse(), langevin_step_size=0.4, ebm_warmup_epochs=2, guide="mopoe", prior_betas=(0.1, 0.9))
+    config = replace_settings(
+        parse(), langevin_step_size=0.4, ebm_warmup_epochs=2, guide="mopoe", prior_betas=(0.1, 0.9)
+    )
     assert read_experiment_config(json.loads(json.dumps(to_dict(config)))) == config
     flat = json.loads(json.dumps({**to_flat(config), "extra": {}}))  # an experiment.json of an earlier version
     assert read_experiment_config(flat) == config
-    assert from_flat(ExperimentConfig, {"dataset": "cub", "out": "o", "data_root": "d"}).ebm.langevin == LangevinConfig()
+    defaults = from_flat(ExperimentConfig, {"dataset": "cub", "out": "o", "data_root": "d"})
+    assert defaults.ebm.langevin == LangevinConfig()
     with pytest.raises(ValueError, match="unknown settings of ExperimentConfig: \\['langevin_stepsize'\\]"):
         replace_settings(config, langevin_stepsize=0.4)

@@ -17,7 +17,8 @@ from pyro_mmebm.objectives import OBJECTIVES
 from pyro_mmebm.priors import EBM_PRIORS, PRIORS
 from pyro_mmebm.run_folder import RESUMES_KEY, claim_run_folder
 from pyro_mmebm.settings import at_least, check_settings, from_dict, replace_settings, setting, to_dict, to_flat
-from pyro_mmebm.training import METRICS_NAME, TWO_STAGE_METRICS_NAME, TrainConfig
+from pyro_mmebm.training import METRICS_NAME, TrainConfig
+from pyro_mmebm.two_stage import TWO_STAGE_METRICS_NAME
 
 EXPERIMENT_CONFIG_NAME = "experiment.json"
 RESULTS_NAME = "results.json"

@@ -5,7 +5,7 @@ two-stage), evaluation and report; and rebuilding a trained run from its folder.
 and decoders of a trained run (typically with the Laplace prior) are frozen and an
 :class:`~pyro_mmebm.ebm.EnergyBasedPrior` is fitted to the aggregate posterior
 ``q(z) = E_data[q(z | X)]`` by maximum likelihood on guide samples
-(:func:`~pyro_mmebm.training.fit_prior_to_posterior`).
+(:func:`~pyro_mmebm.two_stage.fit_prior_to_posterior`).
 
 [1] Yuan et al. (2024) "Learning Multimodal Latent Generative Models with Energy-Based Prior".
 """
@@ -38,7 +38,8 @@ from pyro_mmebm.experiment.config import (
 from pyro_mmebm.experiment.datasets import build_datasets, train_loader
 from pyro_mmebm.experiment.evaluation import evaluate, log_evaluation, summary_row
 from pyro_mmebm.settings import replace_settings, to_dict, to_flat
-from pyro_mmebm.training import fit, fit_prior_to_posterior
+from pyro_mmebm.training import fit
+from pyro_mmebm.two_stage import fit_prior_to_posterior
 
 ModelAndGuide = Callable[[ExperimentConfig], tuple[nn.Module, nn.Module]]
 """Builds the model and guide a configuration describes (seeded with ``config.train.seed``)."""
