@@ -12,7 +12,8 @@ Every run writes a checkpoint each epoch; ``--resume`` continues unfinished runs
 one with ``results.json`` of the requested epochs, is read back; asking for more epochs continues it), so the protocol can span sessions. At the end it writes
 ``<out>/protocol.md`` and ``<out>/protocol.json``: per run the joint, cross and probe accuracy, the
 aggregate-posterior ceiling, the fraction of the Laplace-to-ceiling gap closed, epochs, steps, wall
-time and the command; beside them ``energy_gap.png``, the EBM's energy gap over training.
+time (and the median epoch's seconds, with the peak GPU memory on CUDA) and the command; beside them
+``energy_gap.png``, the EBM's energy gap over training.
 
     OMP_NUM_THREADS=1 python bench/polymnist_protocol.py --out bench/results/polymnist_protocol
     OMP_NUM_THREADS=1 python bench/polymnist_protocol.py --out bench/results/polymnist_protocol --resume
@@ -48,6 +49,7 @@ def run_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     ]
     if args.epoch_size is not None:
         common += ["--epoch-size", str(args.epoch_size)]
+    common += shlex.split(args.run_options)
     if args.ebm_options:
         common_ebm = shlex.split(args.ebm_options)
     else:
@@ -167,6 +169,11 @@ def report(commands: dict[str, list[str]], out: Path) -> dict[str, Any]:
         history = result.get("history", [])
         row["epochs"] = len(history)
         row["steps"] = sum(r.get("steps") or 0 for r in history)
+        seconds = sorted(r["seconds"] for r in history)
+        row["epoch_s"] = seconds[len(seconds) // 2] if seconds else None
+        peaks = [r["peak_memory_gb"] for r in history if "peak_memory_gb" in r]
+        if peaks:
+            row["peak_memory_gb"] = max(peaks)
         row["energy_gap_end"] = result.get("energy_overlap", {}).get("gap")
         rows.append(row)
     accuracies = next((r["classifier_accuracy"] for r in results.values() if "classifier_accuracy" in r), {})
@@ -211,6 +218,7 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--epoch-size", type=int, help="training tuples per epoch (default: all 60,000)")
     parser.add_argument("--ebm-options", default="", help="extra options of the EBM runs, e.g. '--prior-lr 2e-5'")
+    parser.add_argument("--run-options", default="", help="extra options of every run, e.g. '--precision bf16'")
     parser.add_argument("--two-stage-epochs", type=int, default=3)
     parser.add_argument("--eval-size", type=int, default=2000)
     parser.add_argument("--joint-samples", type=int, default=2000)

@@ -33,6 +33,7 @@ from pyro_mmebm.distributed import ProcessGroup, seed_epoch, set_epoch, shard_lo
 from pyro_mmebm.ebm.hooks import prior_hooks
 from pyro_mmebm.ebm.prior import EnergyBasedPrior
 from pyro_mmebm.settings import at_least, check_settings, positive, positive_or_infinite, setting, to_dict
+from pyro_mmebm.speed import PRECISIONS, compile_networks, use_channels_last, use_mixed_precision
 from pyro_mmebm.tensorboard import TensorBoardLog
 
 METRICS_NAME = "metrics.json"
@@ -52,6 +53,10 @@ class TrainConfig:
     :param max_energy_gap: stop with :class:`~pyro_mmebm.ebm.EBMDivergenceError` when
         ``|E_q[f] − E_p[f]|`` exceeds it.
     :param seed: seeds Pyro, torch, numpy and Python's ``random``.
+    :param channels_last, precision, compile: how the networks (encoders and decoders) run, the loss
+        unchanged up to rounding (:mod:`pyro_mmebm.speed`): convolution weights in ``channels_last``
+        order; ``"bf16"``: their layers under bfloat16 autocast (for GPUs; the likelihoods, the
+        posterior and the EBM stay in float32); ``torch.compile``.
     """
 
     epochs: int = setting(10, "training epochs", check=at_least(1))
@@ -66,6 +71,9 @@ class TrainConfig:
     )
     max_energy_gap: float = setting(1e3, "stop when |E_q f - E_p f| exceeds this", check=positive_or_infinite)
     seed: int = setting(0, "random seed")
+    channels_last: bool = setting(False, "convolution weights of the networks in channels_last order")
+    precision: str = setting("fp32", "the networks' arithmetic (bf16: autocast, for GPUs)", choices=PRECISIONS)
+    compile: bool = setting(False, "torch.compile the networks (compilation at the first step)")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -221,6 +229,8 @@ def train_epochs(
             hook.start_epoch(epoch)
         seed_epoch(group, config.seed, epoch)
         set_epoch(loader, epoch)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
         loss_sum, count, steps = 0.0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
@@ -248,6 +258,8 @@ def train_epochs(
                 log.scalars({**scalars, "time/step_seconds": time.perf_counter() - step_started}, step)
         mean_loss, seconds = loss_sum / max(count, 1), time.perf_counter() - started
         record: dict[str, Any] = {"epoch": epoch, "steps": steps, loss_name: mean_loss, "seconds": seconds}
+        if device.type == "cuda":
+            record["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         for hook in hooks:
             record.update(hook.end_epoch())
         if validate is not None and group.is_main:
@@ -313,6 +325,11 @@ def fit(
     device = device or next(model.parameters()).device
     model.to(device)
     guide.to(device)
+    if config.channels_last:
+        use_channels_last(model, guide)
+    use_mixed_precision(model, guide, precision=config.precision)
+    if config.compile:
+        compile_networks(model, guide)
     pyro.set_rng_seed(config.seed)
     optimizer = make_optimizer(model, guide, config)
     elbo_module = (elbo or Trace_ELBO(max_plate_nesting=2))(model, guide)

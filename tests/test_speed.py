@@ -9,7 +9,8 @@ from pyro.infer import Trace_ELBO
 
 from guides import MixtureOfExpertsGuide
 from models import MultimodalVAE
-from pyro_mmebm import EBMPriorConfig, EnergyBasedPrior, LangevinConfig, LaplacePrior, Likelihood
+from pyro_mmebm import EBMPriorConfig, EnergyBasedPrior, LangevinConfig, LaplacePrior, Likelihood, TrainConfig, fit
+from pyro_mmebm.data import InMemoryBatches
 from pyro_mmebm.networks import MLPDecoder, MLPEncoder, PolyMNISTDecoder, PolyMNISTEncoder
 from pyro_mmebm.speed import compile_networks, networks, use_channels_last, use_mixed_precision
 
@@ -95,3 +96,23 @@ def test_compiled_networks_give_the_same_loss_and_keep_their_parameter_names():
     assert loss == pytest.approx(reference, rel=1e-5)
     for grad, expected in zip(grads, reference_grads):
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_fixed_seed_run_gives_the_same_losses_with_the_faster_settings():
+    """``fit`` with ``channels_last`` (and with bf16 networks) against today's fit, same seed and data."""
+    generator = torch.Generator().manual_seed(2)
+    images = {name: torch.randint(0, 256, (16, 3, 28, 28), dtype=torch.uint8, generator=generator) for name in ("m0", "m1")}
+
+    def losses(**settings) -> tuple[list[float], MultimodalVAE]:
+        model, guide = polymnist()
+        history = fit(model, guide, InMemoryBatches(images, None, 8), TrainConfig(epochs=2, seed=4, **settings),
+                      progress=False)
+        return [record["loss"] for record in history], model
+
+    today, _ = losses()
+    faster, model = losses(channels_last=True)
+    assert faster == pytest.approx(today, rel=1e-5)
+    assert model.decoders["m0"].net[3].weight.is_contiguous(memory_format=torch.channels_last)
+    bf16, model = losses(precision="bf16")
+    assert bf16 == pytest.approx(today, rel=1e-2)
+    assert model.decoders["m0"].compute_dtype == torch.bfloat16

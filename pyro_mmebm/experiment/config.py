@@ -122,7 +122,7 @@ RUN_FILE_PATTERNS = (
 RESUMABLE_SETTINGS = (
     "epochs", "two_stage_epochs", "max_energy_gap", "ebm_generation_steps", "device", "tensorboard", "data_root",
     "source_root", "download", "cache_dir", "eval_size", "eval_batch_size", "joint_samples",
-    "probe_train_size", "max_source_size", "classifier_epochs",
+    "probe_train_size", "max_source_size", "classifier_epochs", "channels_last", "precision", "compile",
 )
 """Settings (by flat name) a resume may change: they do not change what the finished epochs trained;
 each change is recorded in ``resumes``. A resume that changes any other setting is refused."""

@@ -101,7 +101,7 @@ def _run(
         group.barrier()
     config = group.broadcast(config)
     build = model_and_guide or functools.partial(build_model_and_guide, train_set=train_set)
-    loader = train_loader(config, train_set)
+    loader = train_loader(config, train_set, device)
     tensorboard = out / TENSORBOARD_FOLDER if config.tensorboard else None
     if config.two_stage_from is not None:
         model, guide = _first_stage(config, build, device)
