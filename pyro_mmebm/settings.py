@@ -84,6 +84,11 @@ def non_negative(value: Any) -> Optional[str]:
     return None if value >= 0 and math.isfinite(value) else f"must be a non-negative number, got {value}"
 
 
+def fraction(value: Any) -> Optional[str]:
+    """A number in ``[0, 1]``."""
+    return None if 0 <= value <= 1 else f"must lie in [0, 1], got {value}"
+
+
 def _is_config(kind: Any) -> bool:
     return isinstance(kind, type) and dataclasses.is_dataclass(kind)
 
@@ -311,6 +316,7 @@ __all__ = [
     "add_arguments",
     "at_least",
     "check_settings",
+    "fraction",
     "from_dict",
     "from_flat",
     "non_negative",

@@ -96,6 +96,25 @@ def test_nonlinear_tilt_alpha_gradient_matches_quadrature(d):
         assert torch.all((est.double() - ex).abs() < 5 * s.double() + 2e-3), (est, ex, s)
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.25])
+def test_encoder_gradient_scales_only_f_s_gradient_in_z(fraction):
+    """With ``encoder_gradient = c``, the z-gradient is ``c a − sign(z)`` for ``f(z) = a·z`` (exact),
+    while the value and the α-gradient (same negatives) are those of ``c = 1``."""
+    energy = LinearTilt([0.3, -0.5])
+    z = torch.randn(10, 2, requires_grad=True)
+    torch.manual_seed(0)
+    full = tilted(energy, 2, steps=5).log_prob(z)
+    (alpha_full,) = torch.autograd.grad(full.sum(), [energy.a])
+    torch.manual_seed(0)
+    scaled = tilted(energy, 2, steps=5, encoder_gradient=fraction).log_prob(z)
+    alpha_scaled, z_grad = torch.autograd.grad(scaled.sum(), [energy.a, z])
+    assert torch.equal(scaled, full)
+    assert torch.allclose(alpha_scaled, alpha_full)
+    assert torch.allclose(z_grad, fraction * energy.a.detach() - z.detach().sign())
+    with pytest.raises(ValueError, match="encoder_gradient in \\[0, 1\\]"):
+        tilted(energy, 2, encoder_gradient=1.5)
+
+
 def test_regularisation_changes_gradient_not_value():
     energy = EnergyMLP(2, 8, 2)
     z = torch.randn(16, 2)

@@ -16,7 +16,7 @@ from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
 from pyro_mmebm.ebm.langevin import LangevinConfig, PersistentChains
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
 from pyro_mmebm.ebm.tilted_laplace import TiltedLaplace
-from pyro_mmebm.settings import at_least, check_settings, non_negative, setting
+from pyro_mmebm.settings import at_least, check_settings, fraction, non_negative, setting
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class EBMPriorConfig:
         ``depth`` linear layers of width ``hidden``.
     :param regularisation: ``λ`` of the penalty ``λ (f(z)² + E f(z⁻)²)`` on ``f_α``'s magnitude.
     :param persistent: continue the negative chains across training steps.
+    :param encoder_gradient: how much of ``∇_z f_α`` reaches the encoders through the posterior samples
+        (1: all of it, the model's exact ELBO gradient; 0: none, so the encoders see the base ``p0``
+        only and cannot be pulled to where ``f_α`` is high, while ``f_α`` still learns their
+        aggregate posterior). Values, and ``α``'s gradient, are unchanged.
     :param generation_steps: Langevin steps when sampling the prior for generation (default
         ``langevin.steps``): short-run chains that suffice for the gradient may not reach the prior's modes.
     :param langevin: the sampler of the training negatives.
@@ -44,6 +48,9 @@ class EBMPriorConfig:
     spectral_norm: bool = setting(False, "spectral normalisation of the energy network's layers")
     regularisation: float = setting(0.1, "penalty on the energy's magnitude", check=non_negative)
     persistent: bool = setting(False, "persistent Langevin chains")
+    encoder_gradient: float = setting(
+        1.0, "fraction of f's gradient in z that reaches the encoders (0: none)", check=fraction
+    )
     generation_steps: Optional[int] = setting(
         None, "Langevin steps for generation (None: --langevin-steps)", check=at_least(0)
     )
@@ -101,6 +108,7 @@ class EnergyBasedPrior(nn.Module):
             langevin=self.config.langevin,
             generation=self.config.generation,
             regularisation=self.config.regularisation,
+            encoder_gradient=self.config.encoder_gradient,
             persistent_chains=self.persistent_chains,
             monitor=self.monitor,
         )

@@ -69,6 +69,10 @@ class TiltedLaplace(TorchDistribution):
     :param LangevinConfig generation: the sampler of :meth:`sample` (generation), when it needs longer
         chains than the negatives; default ``langevin``.
     :param float regularisation: ``λ`` of the magnitude penalty on ``f_α`` (gradient only).
+    :param float encoder_gradient: ``c ∈ [0, 1]``: in :meth:`log_prob` under training, ``f_α`` is
+        evaluated at ``z.detach() + c (z − z.detach())``, the same point, so the gradient with respect
+        to the scored ``z`` (and through it to an encoder) is ``c ∇_z f_α`` plus the base's; values and
+        ``α``'s gradient are unchanged.
     :param int num_negatives: number of negatives per :meth:`log_prob` call; default one per element
         of the value's batch.
     :param PersistentChains persistent_chains: when given, negatives continue these chains.
@@ -89,6 +93,7 @@ class TiltedLaplace(TorchDistribution):
         langevin: LangevinConfig = LangevinConfig(),
         generation: Optional[LangevinConfig] = None,
         regularisation: float = 0.0,
+        encoder_gradient: float = 1.0,
         num_negatives: Optional[int] = None,
         persistent_chains: Optional[PersistentChains] = None,
         monitor: Optional[EnergyGapMonitor] = None,
@@ -108,6 +113,9 @@ class TiltedLaplace(TorchDistribution):
         self.langevin = langevin
         self.generation = langevin if generation is None else generation
         self.regularisation = regularisation
+        if not 0 <= encoder_gradient <= 1:
+            raise ValueError(f"need encoder_gradient in [0, 1], got {encoder_gradient}")
+        self.encoder_gradient = encoder_gradient
         self.num_negatives = num_negatives
         self.persistent_chains = persistent_chains
         self.monitor = monitor
@@ -118,8 +126,8 @@ class TiltedLaplace(TorchDistribution):
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape + self.event_shape)
         new.scale = self.scale.expand(batch_shape + self.event_shape)
-        for name in ("energy", "base", "langevin", "generation", "regularisation", "num_negatives",
-                     "persistent_chains", "monitor"):
+        for name in ("energy", "base", "langevin", "generation", "regularisation", "encoder_gradient",
+                     "num_negatives", "persistent_chains", "monitor"):
             setattr(new, name, getattr(self, name))
         super(TiltedLaplace, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -214,9 +222,13 @@ class TiltedLaplace(TorchDistribution):
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        positive = self._energy(value)
+        training = torch.is_grad_enabled() and energy_parameters_require_grad(self.energy)
+        scored = value
+        if training and self.encoder_gradient != 1:
+            scored = value.detach() + self.encoder_gradient * (value - value.detach())  # the same point
+        positive = self._energy(scored)
         log_prob = positive + self.base_dist.log_prob(value)
-        if not (torch.is_grad_enabled() and energy_parameters_require_grad(self.energy)):
+        if not training:
             self._check_energy_finite({"the latents scored": (value, positive)})
             return log_prob
         num_negatives = self.num_negatives or max(1, value.shape[:-1].numel())
