@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from pyro.infer import Trace_ELBO  # noqa: E402
 from torch.distributions import Laplace  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from guides import MixtureOfExpertsGuide  # noqa: E402
