@@ -163,7 +163,8 @@ def test_generation_runs_its_own_number_of_langevin_steps(monkeypatch):
     steps = []
     real = tilted_laplace.langevin_sample
     monkeypatch.setattr(
-        tilted_laplace, "langevin_sample", lambda f, init, langevin: steps.append(langevin.steps) or real(f, init, langevin)
+        tilted_laplace, "langevin_sample",
+        lambda f, init, langevin, **options: steps.append(langevin.steps) or real(f, init, langevin, **options),
     )
     prior().sample((5,))
     prior().log_prob(torch.zeros(4, 2, requires_grad=True))

@@ -9,12 +9,11 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 from torch.distributions.utils import broadcast_all
 
-from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
+from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES, score
 from pyro_mmebm.ebm.energy import energy_parameters_require_grad
 from pyro_mmebm.ebm.langevin import (
     LangevinConfig,
     LangevinDivergenceError,
-    LogDensity,
     PersistentChains,
     langevin_sample,
 )
@@ -173,14 +172,13 @@ class TiltedLaplace(TorchDistribution):
                     "(finite latents)"
                 )
 
-    def _langevin(
-        self, log_density: LogDensity, init: Tensor, langevin: LangevinConfig, loc: Tensor, scale: Tensor
-    ) -> Tensor:
-        """Langevin chains from ``init``; refused when ``f_α`` is not finite at the starts, or when the
-        chains end farther than :data:`MAX_BASE_SCALES` from the base ``(loc, scale)``."""
+    def _langevin(self, init: Tensor, langevin: LangevinConfig, loc: Tensor, scale: Tensor) -> Tensor:
+        """Langevin chains targeting ``exp(f_α) p0`` (``p0`` of ``(loc, scale)``, its gradient in closed
+        form) from ``init``; refused when ``f_α`` is not finite at the starts, or when the chains end
+        farther than :data:`MAX_BASE_SCALES` from the base's centre."""
         with torch.no_grad():
             self._check_energy_finite({"the Langevin chains' starting points": (init, self._energy(init))})
-        samples = langevin_sample(log_density, init, langevin)
+        samples = langevin_sample(self._energy, init, langevin, base_score=score(self.base, loc, scale))
         distance = float(((samples - loc).abs() / scale).amax()) if samples.numel() else 0.0
         if distance > MAX_BASE_SCALES:
             raise LangevinDivergenceError(
@@ -200,7 +198,7 @@ class TiltedLaplace(TorchDistribution):
             NaN where the chains start.
         """
         init = self.base_dist.sample(sample_shape)
-        return self._langevin(self.unnormalized_log_prob, init, self.generation, self.loc, self.scale)
+        return self._langevin(init, self.generation, self.loc, self.scale)
 
     def negative_samples(self, num_samples: int) -> Tensor:
         """``num_samples`` Langevin negatives ``z⁻`` of shape ``(num_samples, d)``.
@@ -209,12 +207,10 @@ class TiltedLaplace(TorchDistribution):
         """
         d = self.event_shape[0]
         loc, scale = self.loc.reshape(-1, d)[0], self.scale.reshape(-1, d)[0]
-        base = LOCATION_SCALE_FAMILIES[self.base](loc, scale, validate_args=False)
-        fresh = base.to_event(1).sample((num_samples,))
+        base = LOCATION_SCALE_FAMILIES[self.base](loc, scale, validate_args=False).to_event(1)
+        fresh = base.sample((num_samples,))
         init = fresh if self.persistent_chains is None else self.persistent_chains.initial_states(fresh)
-        negatives = self._langevin(
-            lambda z: self._energy(z) + base.log_prob(z).sum(-1), init, self.langevin, loc, scale
-        )
+        negatives = self._langevin(init, self.langevin, loc, scale)
         if self.persistent_chains is not None:
             self.persistent_chains.update(negatives)
         return negatives
