@@ -53,7 +53,7 @@ def test_the_langevin_options_reach_the_sampler_inside_the_built_prior(builder, 
     model, _ = BUILDERS[builder](config)
     chains = []
     monkeypatch.setattr(
-        tilted_laplace, "langevin_sample", lambda f, init, langevin: chains.append(langevin) or init
+        tilted_laplace, "langevin_sample", lambda f, init, langevin, **options: chains.append(langevin) or init
     )
     model.prior().sample((3,))  # generation
     model.prior().log_prob(torch.zeros(5, 4, requires_grad=True))  # training negatives
