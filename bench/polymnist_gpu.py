@@ -25,38 +25,23 @@ import time
 import polymnist_protocol
 
 GPU_SPEED_OPTIONS = "--precision bf16 --channels-last"
-"""What every run adds on the GPU; ``--compile`` too with ``--compile`` here."""
+"""The default ``--run-options`` here; ``--compile`` adds ``--compile``. Every option of
+:mod:`polymnist_protocol` is taken, with the defaults of this protocol."""
 
 
 def main(args: argparse.Namespace) -> None:
-    speed = GPU_SPEED_OPTIONS + (" --compile" if args.compile else "")
-    protocol = argparse.Namespace(
-        out=args.out, data_root=args.data_root, source_root=args.source_root, cache_dir=args.cache_dir, runs=None,
-        private=True, latent_dim=32, batch_size=128, epochs=args.epochs, epoch_size=args.epoch_size,
-        ebm_options=args.ebm_options, run_options=speed,
-        two_stage_epochs=args.two_stage_epochs, eval_size=args.eval_size, joint_samples=args.joint_samples,
-        seed=args.seed, device=args.device, parallel=args.parallel, resume=args.resume,
-    )
+    if args.compile:
+        args.run_options += " --compile"
     started = time.perf_counter()
-    polymnist_protocol.main(protocol)
+    polymnist_protocol.main(args)
     print(f"protocol wall time: {(time.perf_counter() - started) / 60:.1f} min ({args.epochs} epochs per run)")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/polymnist_gpu")
-    parser.add_argument("--data-root", default="./data/PolyMNIST")
-    parser.add_argument("--source-root", default="../shared/data")
-    parser.add_argument("--cache-dir", default="./data/cache")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--epochs", type=int, default=250)
-    parser.add_argument("--epoch-size", type=int, help="training tuples per epoch (default: all 60,000)")
-    parser.add_argument("--two-stage-epochs", type=int, default=25)
-    parser.add_argument("--ebm-options", default="", help="extra options of the EBM runs")
-    parser.add_argument("--eval-size", type=int, default=10000)
-    parser.add_argument("--joint-samples", type=int, default=10000)
-    parser.add_argument("--parallel", type=int, default=5, help="runs side by side on the device")
+    parser = polymnist_protocol.build_parser(__doc__.splitlines()[0])
+    parser.set_defaults(
+        out="runs/polymnist_gpu", device="cuda", private=True, batch_size=128, epochs=250, two_stage_epochs=25,
+        eval_size=10000, joint_samples=10000, parallel=5, run_options=GPU_SPEED_OPTIONS,
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks as well")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true")
     main(parser.parse_args())

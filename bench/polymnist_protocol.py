@@ -205,8 +205,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return report(commands, out)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+    """The protocol's command line (``bench/polymnist_gpu.py`` presets other defaults on it)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", default="bench/results/polymnist_protocol")
     parser.add_argument("--data-root", default="./data/PolyMNIST", help="generated here on first use")
     parser.add_argument("--source-root", default="../shared/data")
@@ -226,4 +227,8 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="auto")
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
     parser.add_argument("--resume", action="store_true", help="continue unfinished runs")
-    main(parser.parse_args())
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
