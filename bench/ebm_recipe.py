@@ -1,0 +1,160 @@
+"""Which recipe keeps the jointly trained EBM prior honest on real PolyMNIST? One change at a time.
+
+Every setting forks from the same Laplace checkpoint at the end of the EBM warm-up (the protocol's
+``laplace/checkpoint_epoch2.pt``: same weights, optimiser and random state), trains the EBM prior
+jointly for ``--steps`` steps with the protocol's recipe plus one change, and is then evaluated like
+any run. Each setting is a plain ``examples/polymnist.py`` run (``<out>/<setting>``, checkpointed
+every ``--chunk`` steps, continued with ``--resume``), two side by side with one thread each.
+
+Reported per setting (``<out>/ebm_recipe.{md,json}``, ``<out>/recipe_gap.png``):
+
+- the energy gap ``E_q[f] − E_{p_α}[f]`` over training (mean of each chunk of ``--chunk`` steps) and
+  ``f`` on posterior samples and on negatives in the last chunk;
+- at the end, the gap between posterior draws of test tuples and the prior samples that generation
+  uses (``gap_end``);
+- the linear probe, joint and cross coherence and the aggregate-posterior ceiling.
+
+    OMP_NUM_THREADS=1 python bench/ebm_recipe.py --fork ../runs/polymnist_protocol/laplace/checkpoint_epoch2.pt \\
+        --out ../runs/ebm_recipe --data-root ../data/polymnist --cache-dir ../data/cache \\
+        --settings today encoder_gradient_0 persistent prior_lr_1e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+import polymnist_protocol
+from pyro_mmebm.evaluation.coherence import format_table, save_results_json
+from pyro_mmebm.experiment import RESULTS_NAME, summary_row
+
+RECIPE = "--ebm-warmup-epochs 2 --langevin-step-size 0.4 --langevin-steps 60 --prior-lr 2e-5"
+"""The protocol's recipe (``bench/polymnist_protocol.py``'s EBM options), which every setting changes once."""
+
+SETTINGS: dict[str, str] = {
+    "today": "",
+    "encoder_gradient_0": "--ebm-encoder-gradient 0",
+    "encoder_gradient_0.1": "--ebm-encoder-gradient 0.1",
+    "persistent": "--ebm-persistent",
+    "prior_lr_1e-4": "--prior-lr 1e-4",
+    "no_penalty": "--ebm-regularisation 0",
+    "steps_200": "--langevin-steps 200",
+    "step_size_0.2": "--langevin-step-size 0.2",
+}
+"""Each setting's change to :data:`RECIPE` (later options win), by name."""
+
+WARMUP_EPOCHS = 2
+"""Epochs in the fork checkpoint: the warm-up, which the forked runs do not repeat."""
+
+
+def commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The ``examples/polymnist.py`` command line of each setting, by name."""
+    if args.steps % args.chunk:
+        raise SystemExit(f"--steps ({args.steps}) must be a multiple of --chunk ({args.chunk})")
+    common = [
+        "--data-root", args.data_root, "--source-root", args.source_root, "--cache-dir", args.cache_dir,
+        "--latent-dim", str(args.latent_dim), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+        "--device", args.device, "--eval-size", str(args.eval_size), "--joint-samples", str(args.joint_samples),
+        "--prior", "ebm", "--start-from", args.fork,
+        "--epochs", str(WARMUP_EPOCHS + args.steps // args.chunk), "--epoch-size", str(args.chunk * args.batch_size),
+        *shlex.split(RECIPE),
+    ]
+    return {
+        name: [sys.executable, str(polymnist_protocol.EXAMPLE), *common, *shlex.split(SETTINGS[name]),
+               "--out", str(Path(args.out) / name)]
+        for name in args.settings
+    }
+
+
+def gap_curve(history: list[dict[str, Any]], chunk: int) -> list[tuple[int, float]]:
+    """``(steps after the fork, mean gap of the chunk ending there)`` for every EBM epoch of ``history``."""
+    ebm = [r for r in history if "energy_gap" in r]
+    return [((i + 1) * chunk, r["energy_gap"]) for i, r in enumerate(ebm)]
+
+
+def report(names: list[str], out: Path, chunk: int, command_lines: dict[str, list[str]]) -> dict[str, Any]:
+    """The table of every finished setting (``ebm_recipe.md``/``.json``) and the gap figure."""
+    rows, curves = [], {}
+    for name in names:
+        path = out / name / RESULTS_NAME
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        history = result.get("history", [])
+        curves[name] = gap_curve(history, chunk)
+        last = [r for r in history if "energy_gap" in r][-1]
+        summary = summary_row(name, result)
+        row = {"setting": name, "change": SETTINGS[name] or "(none)"}
+        row.update({f"gap@{s}": g for s, g in curves[name]})
+        row.update({
+            "f+": last.get("f_positive"), "f-": last.get("f_negative"),
+            "gap_end": result.get("energy_overlap", {}).get("gap"),
+            "probe": summary.get("probe_all"), "joint": summary.get("joint"), "ceiling": summary.get("ceiling"),
+            "cross": summary.get("cross"), "cross_k=1": summary.get("cross_k=1"),
+        })
+        rows.append(row)
+    table = format_table(rows, float_format="{:.3g}")
+    lines = [f"Recipe: `{RECIPE}`; every setting forks from the same warm-up checkpoint.", "", table, "",
+             "Commands (`OMP_NUM_THREADS=1`, from the repository root):", ""]
+    lines += [f"- `{n}`: `{shlex.join(['python', 'examples/polymnist.py', *command_lines[n][2:]])}`" for n in curves]
+    (out / "ebm_recipe.md").write_text("\n".join(lines) + "\n")
+    save_results_json({"recipe": RECIPE, "rows": rows, "gap_curves": curves}, out / "ebm_recipe.json")
+    if curves:
+        figure = Figure(figsize=(5.5, 3.2), layout="constrained")
+        ax = figure.subplots()
+        for name, points in curves.items():
+            ax.plot(*zip(*points), marker="o", label=name)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xlabel("steps after the warm-up")
+        ax.set_ylabel(r"$E_q[f] - E_{p_\alpha}[f]$" + f" (mean of {chunk} steps)")
+        ax.legend(fontsize=8)
+        figure.savefig(out / "recipe_gap.png", dpi=120)
+    print(table)
+    return {"rows": rows, "gap_curves": curves}
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not Path(args.fork).is_file():
+        raise SystemExit(f"--fork {args.fork}: no such checkpoint (the Laplace run's checkpoint_epoch2.pt)")
+    command_lines = commands(args)
+    epochs = WARMUP_EPOCHS + args.steps // args.chunk
+    codes = polymnist_protocol.schedule(
+        command_lines, out, parallel=args.parallel, resume=args.resume, epochs=dict.fromkeys(command_lines, epochs)
+    )
+    failed = {name: code for name, code in codes.items() if code != 0}
+    if failed:
+        print(f"settings that did not finish: {failed} (see <out>/<name>.log)", flush=True)
+    return report(list(command_lines), out, args.chunk, command_lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fork", required=True, help="the Laplace run's checkpoint at the end of the warm-up")
+    parser.add_argument("--out", default="bench/results/ebm_recipe")
+    parser.add_argument("--settings", nargs="+", default=["today", "encoder_gradient_0"], choices=list(SETTINGS))
+    parser.add_argument("--steps", type=int, default=1500, help="joint EBM training steps after the warm-up")
+    parser.add_argument("--chunk", type=int, default=250, help="steps per epoch (a checkpoint and a gap point)")
+    parser.add_argument("--data-root", default="./data/PolyMNIST")
+    parser.add_argument("--source-root", default="../shared/data")
+    parser.add_argument("--cache-dir", default="./data/cache")
+    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-size", type=int, default=1000)
+    parser.add_argument("--joint-samples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--parallel", type=int, default=2, help="settings side by side (one thread each)")
+    parser.add_argument("--resume", action="store_true", help="continue unfinished settings")
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())

@@ -1,0 +1,116 @@
+"""Does generation sample the prior it learned? Longer Langevin chains for a trained EBM run.
+
+A jointly trained EBM prior is learned from short-run chains (``K`` steps from ``p0``). Generation
+draws from the same sampler by default; if those chains stop short of where ``f_α`` is high, the
+samples decoded are not the prior that was learned. For a trained run this script draws prior
+samples with ``K`` = each of ``--steps`` (the step size of the run's sampler, or ``--step-sizes``)
+and reports, per sampler:
+
+- ``f_mean``: ``E[f_α(z)]`` on its samples, and ``gap``: ``E_q[f_α] − E[f_α]`` with ``q`` the
+  aggregate posterior (a posterior draw of each test tuple, one expert at random): a sampler that
+  reaches the learned prior closes most of it (maximum likelihood makes the two expectations equal);
+- ``joint``: joint coherence of the samples decoded to every modality, beside the aggregate
+  posterior's (the ceiling) and ``p0``'s (``K = 0``);
+- the seconds the sampler costs per 1,000 samples.
+
+Writes ``<out>/generation_chains.{json,md}`` and ``<out>/generation_f_histograms.png``.
+
+    OMP_NUM_THREADS=1 python bench/generation_chains.py --run ../runs/polymnist_protocol/ebm \\
+        --steps 0 60 250 1000 --out ../runs/polymnist_protocol/ebm/generation_chains
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from pyro_mmebm.data import strided_subset
+from pyro_mmebm.diagnostics.figures import plot_energy_histograms
+from pyro_mmebm.ebm import EnergyBasedPrior
+from pyro_mmebm.evaluation.coherence import (
+    aggregate_posterior_coherence,
+    format_table,
+    joint_coherence,
+    sample_mixture,
+    save_results_json,
+)
+from pyro_mmebm.experiment import load_run
+from pyro_mmebm.experiment.evaluation import load_classifiers
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config, model, guide, train_set, test_set = load_run(args.run, device)
+    if not isinstance(model.prior, EnergyBasedPrior):
+        raise SystemExit(f"{args.run} has a {config.prior!r} prior; this script compares samplers of an EBM prior")
+    out = Path(args.out or Path(args.run) / "generation_chains")
+    out.mkdir(parents=True, exist_ok=True)
+    classifiers, _ = load_classifiers(config, train_set, test_set, device, progress=False)
+    loader = DataLoader(strided_subset(test_set, min(args.eval_size, len(test_set))), batch_size=250)
+    energy = model.prior.energy
+    trained = model.prior.config
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        posterior = torch.cat([
+            sample_mixture(guide.posterior({n: x.to(device) for n, x in batch.items()})) for batch, _ in loader
+        ])
+        f_posterior = float(energy(posterior).mean())
+    ceiling = aggregate_posterior_coherence(model, guide, classifiers, loader, device=device)
+    rows = [{"sampler": "aggregate posterior q(z)", "K": None, "s": None, "f_mean": f_posterior, "gap": 0.0,
+             "joint": ceiling, "s_per_1000": None}]
+    histograms = {"posterior q(z|X)": posterior}
+    step_sizes = args.step_sizes or [trained.langevin.step_size]
+    for step_size in step_sizes:
+        for steps in args.steps:
+            if steps == 0 and step_size != step_sizes[0]:
+                continue  # p0 does not depend on the step size
+            langevin = dataclasses.replace(trained.langevin, step_size=step_size)
+            model.prior.config = dataclasses.replace(trained, langevin=langevin, generation_steps=steps)
+            torch.manual_seed(args.seed)
+            started = time.perf_counter()
+            z = model.prior().sample((args.samples,))
+            seconds = time.perf_counter() - started
+            with torch.no_grad():
+                f_mean = float(energy(z).mean())
+            torch.manual_seed(args.seed)
+            joint = joint_coherence(model, classifiers, args.samples, batch_size=250, device=device)
+            label = "p0" if steps == 0 else f"Langevin K={steps}, s={step_size:g}"
+            rows.append({"sampler": label, "K": steps, "s": step_size if steps else None, "f_mean": f_mean, "gap": f_posterior - f_mean,
+                         "joint": joint, "s_per_1000": 1000 * seconds / args.samples})
+            if steps == 0 or step_size == step_sizes[0]:
+                histograms[label] = z
+            print(format_table(rows[-1:]), flush=True)
+    model.prior.config = trained
+    plot_energy_histograms(energy, histograms, path=out / "generation_f_histograms.png")
+    results = {"run": str(args.run), "trained_sampler": dataclasses.asdict(trained.langevin),
+               "samples": args.samples, "eval_size": len(loader.dataset), "rows": rows}
+    save_results_json(results, out / "generation_chains.json")
+    table = format_table(rows, float_format="{:.3g}")
+    (out / "generation_chains.md").write_text(table + "\n")
+    print(table)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a trained EBM run's folder (experiment.json, checkpoint.pt)")
+    parser.add_argument("--out", help="default: RUN/generation_chains")
+    parser.add_argument("--steps", type=int, nargs="+", default=[0, 60, 250, 1000])
+    parser.add_argument("--step-sizes", type=float, nargs="+", help="default: the run's own")
+    parser.add_argument("--samples", type=int, default=2000, help="prior samples per sampler")
+    parser.add_argument("--eval-size", type=int, default=2000, help="test tuples (strided) for q(z) and the ceiling")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
