@@ -24,7 +24,9 @@ from pyro_mmebm.evaluation import (
     aggregate_posterior_coherence,
     cross_coherence,
     format_table,
+    generated_digit_counts,
     joint_coherence,
+    joint_coherence_of,
     linear_probe_accuracy,
     sample_mixture,
     save_cross_grid,
@@ -170,6 +172,21 @@ def test_random_generator_is_coherent_by_chance():
     assert set(result.accuracy) == {((i,), j) for i in SHAPES for j in SHAPES if i != j}
     for acc in result.accuracy.values():
         assert abs(acc - 0.1) < binomial_tolerance(0.1, n)
+
+
+def test_digit_counts_expose_a_single_class_artefact():
+    # "a" draws the mean image, read as 1 every time; "b" renders the digit. Samples agree only on 1s.
+    labels = {"a": torch.tensor([1, 1, 1, 1, 1, 1]), "b": torch.tensor([1, 2, 1, 3, 1, 0])}
+    assert joint_coherence_of(labels) == 0.5
+    counts = generated_digit_counts(labels, num_classes=4)
+    assert counts == {
+        "coherent": [0, 3, 0, 0],
+        "top_share": 1.0,
+        "per_modality": {"a": [0, 6, 0, 0], "b": [1, 3, 1, 1]},
+    }
+    balanced = {"a": torch.arange(4), "b": torch.arange(4)}
+    assert generated_digit_counts(balanced, num_classes=4)["top_share"] == 0.25
+    assert generated_digit_counts({"a": torch.tensor([0]), "b": torch.tensor([1])})["top_share"] is None
 
 
 def test_cross_generate_hook_keeps_one_stratum_per_example():

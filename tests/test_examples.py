@@ -100,8 +100,10 @@ def test_resume_continues_exactly(tmp_path):
             assert torch.equal(state[key], reference[key]), f"{module}.{key} differs after resuming"
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in straight["history"]]
     assert [r["energy_gap"] for r in resumed["history"]] == [r["energy_gap"] for r in straight["history"]]
-    for metric in ("test_loss", "joint_coherence"):
+    for metric in ("test_loss", "joint_coherence", "joint_digits"):
         assert resumed[metric] == straight[metric]
+    digits = straight["joint_digits"]
+    assert sum(digits["coherent"]) == round(straight["joint_coherence"] * straight["config"]["joint_samples"])
     assert resumed["cross_coherence"].to_dict() == straight["cross_coherence"].to_dict()
 
 

@@ -23,7 +23,9 @@ from pyro_mmebm.evaluation import load_or_train_classifier
 from pyro_mmebm.evaluation.coherence import (
     aggregate_posterior_coherence,
     cross_coherence,
-    joint_coherence,
+    generated_digit_counts,
+    generated_labels,
+    joint_coherence_of,
     linear_probe_accuracy,
     sample_mixture,
     save_cross_grid,
@@ -82,9 +84,11 @@ def evaluate(
     classifiers, accuracies = load_classifiers(config, train_set, test_set, device, progress)
     results["classifier_accuracy"] = accuracies
     if len(classifiers) >= 2:
-        results["joint_coherence"] = joint_coherence(
+        labels = generated_labels(
             model, classifiers, config.joint_samples, batch_size=config.eval_batch_size, device=device
         )
+        results["joint_coherence"] = joint_coherence_of(labels)
+        results["joint_digits"] = generated_digit_counts(labels)
         results["aggregate_posterior_coherence"] = aggregate_posterior_coherence(
             model, guide, classifiers, test_loader, device=device
         )
@@ -137,6 +141,8 @@ def summary_row(name: str, results: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"run": name, "test_loss": results.get("test_loss")}
     if "joint_coherence" in results:
         row["joint"] = results["joint_coherence"]
+    if results.get("joint_digits") is not None:
+        row["joint_top_digit"] = results["joint_digits"]["top_share"]
     if "aggregate_posterior_coherence" in results:
         row["ceiling"] = results["aggregate_posterior_coherence"]
     cross = results.get("cross_coherence")
