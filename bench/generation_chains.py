@@ -2,7 +2,7 @@
 
 A jointly trained EBM prior is learned from short-run chains (``K`` steps from ``p0``). Generation
 draws from the same sampler by default; if those chains stop short of where ``f_α`` is high, the
-samples decoded are not the prior that was learned. For a trained run this script draws prior
+samples decoded are not the prior that was learned. For a trained EBM run this script draws prior
 samples with ``K`` = each of ``--steps`` (the step size of the run's sampler, or ``--step-sizes``)
 and reports, per sampler:
 
@@ -10,8 +10,11 @@ and reports, per sampler:
   aggregate posterior (a posterior draw of each test tuple, one expert at random): a sampler that
   reaches the learned prior closes most of it (maximum likelihood makes the two expectations equal);
 - ``joint``: joint coherence of the samples decoded to every modality, beside the aggregate
-  posterior's (the ceiling) and ``p0``'s (``K = 0``);
+  posterior's (the ceiling) and ``p0``'s (``K = 0``), and ``top_digit``, the most common digit's
+  share of the coherent samples (near 1: the coherence is one blurred class, not generation);
 - the seconds the sampler costs per 1,000 samples.
+
+For a run with another prior (the Laplace baseline) it reports the ceiling and the prior's own row.
 
 Writes ``<out>/generation_chains.{json,md}`` and ``<out>/generation_f_histograms.png``.
 
@@ -36,7 +39,9 @@ from pyro_mmebm.ebm import EnergyBasedPrior
 from pyro_mmebm.evaluation.coherence import (
     aggregate_posterior_coherence,
     format_table,
-    joint_coherence,
+    generated_digit_counts,
+    generated_labels,
+    joint_coherence_of,
     sample_mixture,
     save_results_json,
 )
@@ -44,27 +49,41 @@ from pyro_mmebm.experiment import load_run
 from pyro_mmebm.experiment.evaluation import load_classifiers
 
 
+def coherence_of_samples(model, classifiers, num_samples: int, device: torch.device, seed: int) -> dict[str, Any]:
+    """Joint coherence of ``num_samples`` prior samples and the most common digit's share among the
+    coherent ones (near 1 when one blurred class makes the coherence)."""
+    torch.manual_seed(seed)
+    labels = generated_labels(model, classifiers, num_samples, batch_size=250, device=device)
+    return {"joint": joint_coherence_of(labels), "top_digit": generated_digit_counts(labels)["top_share"]}
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     config, model, guide, train_set, test_set = load_run(args.run, device)
-    if not isinstance(model.prior, EnergyBasedPrior):
-        raise SystemExit(f"{args.run} has a {config.prior!r} prior; this script compares samplers of an EBM prior")
     out = Path(args.out or Path(args.run) / "generation_chains")
     out.mkdir(parents=True, exist_ok=True)
     classifiers, _ = load_classifiers(config, train_set, test_set, device, progress=False)
     loader = DataLoader(strided_subset(test_set, min(args.eval_size, len(test_set))), batch_size=250)
-    energy = model.prior.energy
-    trained = model.prior.config
     torch.manual_seed(args.seed)
     with torch.no_grad():
         posterior = torch.cat([
             sample_mixture(guide.posterior({n: x.to(device) for n, x in batch.items()})) for batch, _ in loader
         ])
-        f_posterior = float(energy(posterior).mean())
     ceiling = aggregate_posterior_coherence(model, guide, classifiers, loader, device=device)
+    results: dict[str, Any] = {"run": str(args.run), "prior": config.prior, "samples": args.samples,
+                               "eval_size": len(loader.dataset)}
+    if not isinstance(model.prior, EnergyBasedPrior):
+        rows = [{"sampler": "aggregate posterior q(z)", "joint": ceiling},
+                {"sampler": f"prior ({config.prior})", **coherence_of_samples(model, classifiers, args.samples, device, args.seed)}]
+        return write(rows, results, out)
+    energy = model.prior.energy
+    trained = model.prior.config
+    results["trained_sampler"] = dataclasses.asdict(trained.langevin)
+    with torch.no_grad():
+        f_posterior = float(energy(posterior).mean())
     rows = [{"sampler": "aggregate posterior q(z)", "K": None, "s": None, "f_mean": f_posterior, "gap": 0.0,
-             "joint": ceiling, "s_per_1000": None}]
+             "joint": ceiling, "top_digit": None, "s_per_1000": None}]
     histograms = {"posterior q(z|X)": posterior}
     step_sizes = args.step_sizes or [trained.langevin.step_size]
     for step_size in step_sizes:
@@ -79,18 +98,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             seconds = time.perf_counter() - started
             with torch.no_grad():
                 f_mean = float(energy(z).mean())
-            torch.manual_seed(args.seed)
-            joint = joint_coherence(model, classifiers, args.samples, batch_size=250, device=device)
             label = "p0" if steps == 0 else f"Langevin K={steps}, s={step_size:g}"
-            rows.append({"sampler": label, "K": steps, "s": step_size if steps else None, "f_mean": f_mean, "gap": f_posterior - f_mean,
-                         "joint": joint, "s_per_1000": 1000 * seconds / args.samples})
+            rows.append({"sampler": label, "K": steps, "s": step_size if steps else None, "f_mean": f_mean,
+                         "gap": f_posterior - f_mean,
+                         **coherence_of_samples(model, classifiers, args.samples, device, args.seed),
+                         "s_per_1000": 1000 * seconds / args.samples})
             if steps == 0 or step_size == step_sizes[0]:
                 histograms[label] = z
             print(format_table(rows[-1:]), flush=True)
     model.prior.config = trained
     plot_energy_histograms(energy, histograms, path=out / "generation_f_histograms.png")
-    results = {"run": str(args.run), "trained_sampler": dataclasses.asdict(trained.langevin),
-               "samples": args.samples, "eval_size": len(loader.dataset), "rows": rows}
+    return write(rows, results, out)
+
+
+def write(rows: list[dict[str, Any]], results: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Save the table as ``generation_chains.{json,md}`` in ``out`` and print it."""
+    results["rows"] = rows
     save_results_json(results, out / "generation_chains.json")
     table = format_table(rows, float_format="{:.3g}")
     (out / "generation_chains.md").write_text(table + "\n")
