@@ -6,6 +6,11 @@ jointly for ``--steps`` steps with the protocol's recipe plus one change, and is
 any run. Each setting is a plain ``examples/polymnist.py`` run (``<out>/<setting>``, checkpointed
 every ``--chunk`` steps, continued with ``--resume``), two side by side with one thread each.
 
+With ``--two-stage-from RUN`` instead of ``--fork``, each setting fits the EBM prior alone to the
+aggregate posterior of the finished Laplace run (its encoders and decoders frozen): the cheap test
+of whether a sampler and energy recipe can follow a target that stands still (the encoder-gradient
+settings then change nothing).
+
 Reported per setting (``<out>/ebm_recipe.{md,json}``, ``<out>/recipe_gap.png``):
 
 - the energy gap ``E_q[f] − E_{p_α}[f]`` over training (mean of each chunk of ``--chunk`` steps) and
@@ -43,7 +48,9 @@ SETTINGS: dict[str, str] = {
     "encoder_gradient_0.1": "--ebm-encoder-gradient 0.1",
     "persistent": "--ebm-persistent",
     "prior_lr_1e-4": "--prior-lr 1e-4",
+    "penalty_0.01": "--ebm-regularisation 0.01",
     "no_penalty": "--ebm-regularisation 0",
+    "prior_lr_1e-4_penalty_0.01": "--prior-lr 1e-4 --ebm-regularisation 0.01",
     "steps_200": "--langevin-steps 200",
     "step_size_0.2": "--langevin-step-size 0.2",
 }
@@ -61,10 +68,14 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
         "--data-root", args.data_root, "--source-root", args.source_root, "--cache-dir", args.cache_dir,
         "--latent-dim", str(args.latent_dim), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
         "--device", args.device, "--eval-size", str(args.eval_size), "--joint-samples", str(args.joint_samples),
-        "--prior", "ebm", "--start-from", args.fork,
-        "--epochs", str(WARMUP_EPOCHS + args.steps // args.chunk), "--epoch-size", str(args.chunk * args.batch_size),
-        *shlex.split(RECIPE),
+        "--prior", "ebm", "--epoch-size", str(args.chunk * args.batch_size), *shlex.split(RECIPE),
     ]
+    if args.max_source_size is not None:
+        common += ["--max-source-size", str(args.max_source_size)]
+    if args.two_stage_from:
+        common += ["--two-stage-from", args.two_stage_from, "--two-stage-epochs", str(args.steps // args.chunk)]
+    else:
+        common += ["--start-from", args.fork, "--epochs", str(WARMUP_EPOCHS + args.steps // args.chunk)]
     return {
         name: [sys.executable, str(polymnist_protocol.EXAMPLE), *common, *shlex.split(SETTINGS[name]),
                "--out", str(Path(args.out) / name)]
@@ -78,7 +89,9 @@ def gap_curve(history: list[dict[str, Any]], chunk: int) -> list[tuple[int, floa
     return [((i + 1) * chunk, r["energy_gap"]) for i, r in enumerate(ebm)]
 
 
-def report(names: list[str], out: Path, chunk: int, command_lines: dict[str, list[str]]) -> dict[str, Any]:
+def report(
+    names: list[str], out: Path, chunk: int, command_lines: dict[str, list[str]], two_stage: bool = False
+) -> dict[str, Any]:
     """The table of every finished setting (``ebm_recipe.md``/``.json``) and the gap figure."""
     rows, curves = [], {}
     for name in names:
@@ -95,12 +108,14 @@ def report(names: list[str], out: Path, chunk: int, command_lines: dict[str, lis
         row.update({
             "f+": last.get("f_positive"), "f-": last.get("f_negative"),
             "gap_end": result.get("energy_overlap", {}).get("gap"),
-            "probe": summary.get("probe_all"), "joint": summary.get("joint"), "ceiling": summary.get("ceiling"),
+            "probe": summary.get("probe_all"), "joint": summary.get("joint"),
+            "top_digit": summary.get("joint_top_digit"), "ceiling": summary.get("ceiling"),
             "cross": summary.get("cross"), "cross_k=1": summary.get("cross_k=1"),
         })
         rows.append(row)
     table = format_table(rows, float_format="{:.3g}")
-    lines = [f"Recipe: `{RECIPE}`; every setting forks from the same warm-up checkpoint.", "", table, "",
+    start = "fits the prior alone to the same first stage" if two_stage else "forks from the same warm-up checkpoint"
+    lines = [f"Recipe: `{RECIPE}`; every setting {start}.", "", table, "",
              "Commands (`OMP_NUM_THREADS=1`, from the repository root):", ""]
     lines += [f"- `{n}`: `{shlex.join(['python', 'examples/polymnist.py', *command_lines[n][2:]])}`" for n in curves]
     (out / "ebm_recipe.md").write_text("\n".join(lines) + "\n")
@@ -111,7 +126,7 @@ def report(names: list[str], out: Path, chunk: int, command_lines: dict[str, lis
         for name, points in curves.items():
             ax.plot(*zip(*points), marker="o", label=name)
         ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_xlabel("steps after the warm-up")
+        ax.set_xlabel("steps of the prior fit" if two_stage else "steps after the warm-up")
         ax.set_ylabel(r"$E_q[f] - E_{p_\alpha}[f]$" + f" (mean of {chunk} steps)")
         ax.legend(fontsize=8)
         figure.savefig(out / "recipe_gap.png", dpi=120)
@@ -122,22 +137,25 @@ def report(names: list[str], out: Path, chunk: int, command_lines: dict[str, lis
 def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not Path(args.fork).is_file():
+    if (args.fork is None) == (args.two_stage_from is None):
+        raise SystemExit("give one of --fork (joint training) and --two-stage-from (the prior alone)")
+    if args.fork is not None and not Path(args.fork).is_file():
         raise SystemExit(f"--fork {args.fork}: no such checkpoint (the Laplace run's checkpoint_epoch2.pt)")
     command_lines = commands(args)
-    epochs = WARMUP_EPOCHS + args.steps // args.chunk
+    epochs = args.steps // args.chunk + (0 if args.two_stage_from else WARMUP_EPOCHS)
     codes = polymnist_protocol.schedule(
         command_lines, out, parallel=args.parallel, resume=args.resume, epochs=dict.fromkeys(command_lines, epochs)
     )
     failed = {name: code for name, code in codes.items() if code != 0}
     if failed:
         print(f"settings that did not finish: {failed} (see <out>/<name>.log)", flush=True)
-    return report(list(command_lines), out, args.chunk, command_lines)
+    return report(list(command_lines), out, args.chunk, command_lines, two_stage=args.two_stage_from is not None)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fork", required=True, help="the Laplace run's checkpoint at the end of the warm-up")
+    parser.add_argument("--fork", help="joint training: the Laplace run's checkpoint at the end of the warm-up")
+    parser.add_argument("--two-stage-from", help="the prior alone: fit it to this finished Laplace run's posterior")
     parser.add_argument("--out", default="bench/results/ebm_recipe")
     parser.add_argument("--settings", nargs="+", default=["today", "encoder_gradient_0"], choices=list(SETTINGS))
     parser.add_argument("--steps", type=int, default=1500, help="joint EBM training steps after the warm-up")
@@ -149,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-size", type=int, default=1000)
     parser.add_argument("--joint-samples", type=int, default=1000)
+    parser.add_argument("--max-source-size", type=int, help="largest source subset for cross coherence (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--parallel", type=int, default=2, help="settings side by side (one thread each)")

@@ -14,7 +14,9 @@ and reports, per sampler:
   share of the coherent samples (near 1: the coherence is one blurred class, not generation);
 - the seconds the sampler costs per 1,000 samples.
 
-For a run with another prior (the Laplace baseline) it reports the ceiling and the prior's own row.
+``--modalities`` restricts joint coherence (and the ceiling) to some modalities: while one
+modality's decoder does not yet draw the digit, every sample disagrees there, and the prior's effect
+shows only on the others. For a run with another prior (the Laplace baseline) it reports the ceiling and the prior's own row.
 
 Writes ``<out>/generation_chains.{json,md}`` and ``<out>/generation_f_histograms.png``.
 
@@ -64,6 +66,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or Path(args.run) / "generation_chains")
     out.mkdir(parents=True, exist_ok=True)
     classifiers, _ = load_classifiers(config, train_set, test_set, device, progress=False)
+    if args.modalities:
+        unknown = sorted(set(args.modalities) - set(classifiers))
+        if unknown:
+            raise SystemExit(f"--modalities {unknown}: the run's modalities with classifiers are {sorted(classifiers)}")
+        classifiers = {name: classifiers[name] for name in args.modalities}
     loader = DataLoader(strided_subset(test_set, min(args.eval_size, len(test_set))), batch_size=250)
     torch.manual_seed(args.seed)
     with torch.no_grad():
@@ -72,7 +79,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         ])
     ceiling = aggregate_posterior_coherence(model, guide, classifiers, loader, device=device)
     results: dict[str, Any] = {"run": str(args.run), "prior": config.prior, "samples": args.samples,
-                               "eval_size": len(loader.dataset)}
+                               "eval_size": len(loader.dataset), "modalities": list(classifiers)}
     if not isinstance(model.prior, EnergyBasedPrior):
         rows = [{"sampler": "aggregate posterior q(z)", "joint": ceiling},
                 {"sampler": f"prior ({config.prior})", **coherence_of_samples(model, classifiers, args.samples, device, args.seed)}]
@@ -129,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step-sizes", type=float, nargs="+", help="default: the run's own")
     parser.add_argument("--samples", type=int, default=2000, help="prior samples per sampler")
     parser.add_argument("--eval-size", type=int, default=2000, help="test tuples (strided) for q(z) and the ceiling")
+    parser.add_argument("--modalities", nargs="+", help="joint coherence over these modalities only (default: all); "
+                        "leaving out one whose decoder does not draw the digit shows what the prior does elsewhere")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
