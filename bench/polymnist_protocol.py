@@ -35,6 +35,8 @@ from matplotlib.figure import Figure
 
 from pyro_mmebm.evaluation.coherence import format_table, save_results_json
 from pyro_mmebm.experiment import RESULTS_NAME, summary_row
+from pyro_mmebm.training import METRICS_NAME
+from pyro_mmebm.two_stage import TWO_STAGE_METRICS_NAME
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "polymnist.py"
 
@@ -131,15 +133,16 @@ def gap_closed(joint: Optional[float], baseline: Optional[float], ceiling: Optio
 
 
 def plot_energy_gaps(out: Path, names: list[str]) -> Optional[Path]:
-    """The per-epoch energy gap ``E_q[f] − E_p[f]`` of each EBM run, saved as ``<out>/energy_gap.png``."""
+    """The per-epoch energy gap ``E_q[f] − E_p[f]`` of each EBM run (of the prior fit, for a two-stage
+    run), saved as ``<out>/energy_gap.png``."""
     figure = Figure(figsize=(5.5, 3.2), layout="constrained")
     ax = figure.subplots()
     plotted = False
     for name in names:
-        metrics = out / name / "metrics.json"
-        if not metrics.is_file():
+        found = [out / name / file for file in (METRICS_NAME, TWO_STAGE_METRICS_NAME) if (out / name / file).is_file()]
+        if not found:
             continue
-        history = json.loads(metrics.read_text())
+        history = json.loads(found[0].read_text())
         points = [(r["epoch"] + 1, r["energy_gap"]) for r in history if "energy_gap" in r]
         if points:
             ax.plot(*zip(*points), marker="o", label=name)
