@@ -65,9 +65,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     if args.steps % args.chunk:
         raise SystemExit(f"--steps ({args.steps}) must be a multiple of --chunk ({args.chunk})")
     common = [
-        "--data-root", args.data_root, "--source-root", args.source_root, "--cache-dir", args.cache_dir,
-        "--latent-dim", str(args.latent_dim), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
-        "--device", args.device, "--eval-size", str(args.eval_size), "--joint-samples", str(args.joint_samples),
+        *polymnist_protocol.run_options(args),
         "--prior", "ebm", "--epoch-size", str(args.chunk * args.batch_size), *shlex.split(RECIPE),
     ]
     if args.max_source_size is not None:
@@ -83,10 +81,9 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     }
 
 
-def gap_curve(history: list[dict[str, Any]], chunk: int) -> list[tuple[int, float]]:
-    """``(steps after the fork, mean gap of the chunk ending there)`` for every EBM epoch of ``history``."""
-    ebm = [r for r in history if "energy_gap" in r]
-    return [((i + 1) * chunk, r["energy_gap"]) for i, r in enumerate(ebm)]
+def gap_curve(ebm_epochs: list[dict[str, Any]], chunk: int) -> list[tuple[int, float]]:
+    """``(steps after the fork, mean gap of the chunk ending there)`` for each of the EBM epochs."""
+    return [((i + 1) * chunk, r["energy_gap"]) for i, r in enumerate(ebm_epochs)]
 
 
 def report(
@@ -99,9 +96,9 @@ def report(
         if not path.is_file():
             continue
         result = json.loads(path.read_text())
-        history = result.get("history", [])
-        curves[name] = gap_curve(history, chunk)
-        last = [r for r in history if "energy_gap" in r][-1]
+        ebm_epochs = [r for r in result.get("history", []) if "energy_gap" in r]
+        curves[name] = gap_curve(ebm_epochs, chunk)
+        last = ebm_epochs[-1]
         summary = summary_row(name, result)
         row = {"setting": name, "change": SETTINGS[name] or "(none)"}
         row.update({f"gap@{s}": g for s, g in curves[name]})
@@ -160,18 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settings", nargs="+", default=["today", "encoder_gradient_0"], choices=list(SETTINGS))
     parser.add_argument("--steps", type=int, default=1500, help="joint EBM training steps after the warm-up")
     parser.add_argument("--chunk", type=int, default=250, help="steps per epoch (a checkpoint and a gap point)")
-    parser.add_argument("--data-root", default="./data/PolyMNIST")
-    parser.add_argument("--source-root", default="../shared/data")
-    parser.add_argument("--cache-dir", default="./data/cache")
-    parser.add_argument("--latent-dim", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--eval-size", type=int, default=1000)
-    parser.add_argument("--joint-samples", type=int, default=1000)
+    polymnist_protocol.add_run_arguments(parser, batch_size=32, eval_size=1000)
     parser.add_argument("--max-source-size", type=int, help="largest source subset for cross coherence (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--parallel", type=int, default=2, help="settings side by side (one thread each)")
-    parser.add_argument("--resume", action="store_true", help="continue unfinished settings")
     return parser
 
 

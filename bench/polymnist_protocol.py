@@ -41,14 +41,35 @@ from pyro_mmebm.two_stage import TWO_STAGE_METRICS_NAME
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "polymnist.py"
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, *, batch_size: int, eval_size: int) -> None:
+    """The options of :func:`run_options` (data, latent, batch, seed, evaluation sizes, device), and how
+    the runs are scheduled (``--parallel``, ``--resume``): shared by every script that launches
+    ``examples/polymnist.py`` runs through :func:`schedule`."""
+    parser.add_argument("--data-root", default="./data/PolyMNIST", help="generated here on first use")
+    parser.add_argument("--source-root", default="../shared/data")
+    parser.add_argument("--cache-dir", default="./data/cache")
+    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--eval-size", type=int, default=eval_size)
+    parser.add_argument("--joint-samples", type=int, default=eval_size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
+    parser.add_argument("--resume", action="store_true", help="continue unfinished runs")
+
+
+def run_options(args: argparse.Namespace) -> list[str]:
+    """The ``examples/polymnist.py`` options that every run shares (see :func:`add_run_arguments`)."""
+    return [
+        "--data-root", args.data_root, "--source-root", args.source_root, "--cache-dir", args.cache_dir,
+        "--latent-dim", str(args.latent_dim), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+        "--device", args.device, "--eval-size", str(args.eval_size), "--joint-samples", str(args.joint_samples),
+    ]
+
+
 def run_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     """The ``examples/polymnist.py`` command line of each run, by name."""
-    common = [
-        "--data-root", args.data_root, "--source-root", args.source_root, "--cache-dir", args.cache_dir,
-        "--latent-dim", str(args.latent_dim), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
-        "--seed", str(args.seed), "--device", args.device, "--eval-size", str(args.eval_size),
-        "--joint-samples", str(args.joint_samples),
-    ]
+    common = [*run_options(args), "--epochs", str(args.epochs)]
     if args.epoch_size is not None:
         common += ["--epoch-size", str(args.epoch_size)]
     common += shlex.split(args.run_options)
@@ -212,24 +233,14 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
     """The protocol's command line (``bench/polymnist_gpu.py`` presets other defaults on it)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", default="bench/results/polymnist_protocol")
-    parser.add_argument("--data-root", default="./data/PolyMNIST", help="generated here on first use")
-    parser.add_argument("--source-root", default="../shared/data")
-    parser.add_argument("--cache-dir", default="./data/cache")
+    add_run_arguments(parser, batch_size=128, eval_size=2000)
     parser.add_argument("--runs", nargs="+", help="only these runs (default: all)")
     parser.add_argument("--private", action="store_true", help="add the private-latent pair")
-    parser.add_argument("--latent-dim", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--epoch-size", type=int, help="training tuples per epoch (default: all 60,000)")
     parser.add_argument("--ebm-options", default="", help="extra options of the EBM runs, e.g. '--prior-lr 2e-5'")
     parser.add_argument("--run-options", default="", help="extra options of every run, e.g. '--precision bf16'")
     parser.add_argument("--two-stage-epochs", type=int, default=3)
-    parser.add_argument("--eval-size", type=int, default=2000)
-    parser.add_argument("--joint-samples", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
-    parser.add_argument("--resume", action="store_true", help="continue unfinished runs")
     return parser
 
 
