@@ -132,13 +132,17 @@ def table(out: str) -> str:
     for path in sorted(Path(out).glob("*.json")):
         run = json.loads(path.read_text())
         settings = run["settings"]
-        changed = {k: v for k, v in settings.items() if k in DEFAULTS and k not in NOT_SETTINGS and v != DEFAULTS[k]}
         curve = " · ".join(
-            f"{p['step']}: {'–' if p['cross'] is None else format(p['cross'], '.3f')}/{p['self']:.3f}/{p['probe']:.2f}"
+            f"{p['step']}: {'–' if p['cross'] is None else format(p['cross'], '.3f')}/{p['self']:.3f}/"
+            f"{'–' if p.get('probe') is None else format(p['probe'], '.2f')}"
             for p in run["curve"]
         )
-        label = ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
-        rows.append(f"| {settings['name']} | {label} | {curve} | {run['curve'][-1]['loss']:.0f} |")
+        if "name" in settings:
+            changed = {k: v for k, v in settings.items() if k in DEFAULTS and k not in NOT_SETTINGS and v != DEFAULTS[k]}
+            name, label = settings["name"], ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
+        else:  # a curve of bench/reference_mmvae.py: no probe
+            name, label = path.stem, f"independent plain-PyTorch MMVAE, objective={settings['objective']}"
+        rows.append(f"| {name} | {label} | {curve} | {run['curve'][-1]['loss']:.0f} |")
     header = "| run | settings (others: defaults) | step: cross/self/probe | last loss |\n|---|---|---|---|"
     return "\n".join([header, *rows])
 
