@@ -8,6 +8,7 @@ The curve is written after every evaluation to ``<out>/<name>.json``, so nothing
 
     OMP_NUM_THREADS=1 python bench/learning_speed.py --name today --encoder-hidden 512 --decoder-output sigmoid
     OMP_NUM_THREADS=1 python bench/learning_speed.py --name mopoe_nets --encoder-hidden 0 --decoder-output identity
+    OMP_NUM_THREADS=1 python bench/learning_speed.py --name mmvae_plus_bs32 --private-latent-dim 32 --batch-size 32 --steps 6000
     OMP_NUM_THREADS=1 python bench/learning_speed.py --name unimodal_m0_bs32 --modalities m0 --batch-size 32 --steps 4000
     python bench/learning_speed.py --table    # the table of every curve measured
 """
@@ -23,8 +24,8 @@ import pyro
 import torch
 from pyro.infer import Trace_ELBO
 
-from guides import MixtureOfExpertsGuide
-from models import MultimodalVAE
+from guides import MixtureOfExpertsGuide, PrivateLatentGuide
+from models import MultimodalVAE, PrivateLatentVAE
 from pyro_mmebm.data import InMemoryBatches, PolyMNIST
 from pyro_mmebm.evaluation import load_or_train_classifier
 from pyro_mmebm.evaluation.coherence import cross_coherence, generate_from, linear_probe_accuracy
@@ -76,12 +77,16 @@ def main(args: argparse.Namespace) -> None:
     eval_loader = InMemoryBatches(eval_x, eval_y, 250, shuffle=False)
     probe_loader = InMemoryBatches(probe_x, probe_y, 250, shuffle=False)
 
-    d = args.latent_dim
-    encoders = {name: PolyMNISTEncoder(d, hidden_dim=args.encoder_hidden, scale_activation=args.scale_activation) for name in modalities}
-    decoders = {name: PolyMNISTDecoder(d, output=args.decoder_output) for name in modalities}
+    d, w = args.latent_dim, args.private_latent_dim
+    encoders = {name: PolyMNISTEncoder(d + w, hidden_dim=args.encoder_hidden, scale_activation=args.scale_activation) for name in modalities}
+    decoders = {name: PolyMNISTDecoder(d + w, output=args.decoder_output) for name in modalities}
     likelihoods = {name: Likelihood(args.likelihood, args.likelihood_scale) for name in modalities}
-    model = MultimodalVAE(decoders, likelihoods, PRIORS[args.prior](d))
-    guide = MixtureOfExpertsGuide(encoders, d)
+    if w:  # MMVAE+: a private latent per modality beside z
+        model = PrivateLatentVAE(decoders, likelihoods, PRIORS[args.prior](d), w)
+        guide = PrivateLatentGuide(encoders, d, w)
+    else:
+        model = MultimodalVAE(decoders, likelihoods, PRIORS[args.prior](d))
+        guide = MixtureOfExpertsGuide(encoders, d)
     params = list(model.parameters()) + list(guide.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr, amsgrad=args.amsgrad)
     loss_fn = Trace_ELBO(max_plate_nesting=2)(model, guide)
@@ -162,6 +167,7 @@ if __name__ == "__main__":
     parser.add_argument("--likelihood-scale", type=float, default=0.75, help="scale of the likelihood")
     parser.add_argument("--prior", default="laplace")
     parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--private-latent-dim", type=int, default=0, help="MMVAE+'s private latent per modality (0: none)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--amsgrad", action="store_true")
     parser.add_argument("--batch-size", type=int, default=128)

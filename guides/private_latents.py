@@ -20,15 +20,24 @@ class PrivateLatentGuide(nn.Module):
 
     .. math::
 
-        q(z, W \mid X) = q(z \mid X) \prod_{i=1}^m q(w_i \mid x_i), \qquad
-        q(z \mid X) = \frac1m \sum_{i=1}^m q_i(z \mid x_i).
+        q(z \mid X) = \frac1m \sum_{i=1}^m q_i(z \mid x_i), \qquad
+        q^{(i)}(z, W \mid X) = q_i(z \mid x_i)\, q(w_i \mid x_i) \prod_{j \ne i} r_j(w_j).
 
     Each modality's encoder outputs the parameters of both its shared expert ``q_i(z | x_i)`` (the
     first ``latent_dim`` coordinates) and its private posterior ``q(w_i | x_i)`` (the last
     ``private_dim``), one network with two heads as in MMVAE+. Called as Pyro's ``guide`` it draws
     ``z`` stratified, one draw per expert (``num_draws = m``, scored under the whole mixture as in
-    :class:`~guides.MixtureOfExpertsGuide`), and an independent ``w_i`` for every draw (sites
-    ``"z"`` and ``"w_<name>"``).
+    :class:`~guides.MixtureOfExpertsGuide`). In the draw of expert ``i``, ``w_i`` comes from its
+    posterior and every other ``w_j`` from MMVAE+'s *auxiliary prior* ``r_j(w_j) = Laplace(0, s_j)``
+    with a learned scale per coordinate (:meth:`auxiliary_prior`; ``s_j = 1`` at the start, when
+    ``r_j`` is the model's ``p0(w_j)``). So the decoder of ``x_j`` sees, in the other experts'
+    draws, a ``w_j`` that knows nothing of ``x_j``: reconstructing ``x_j`` there rests on ``z``
+    alone, which is what makes ``z`` carry the shared content (the digit) and ``w_j`` the rest.
+
+    Sites ``"z"`` and ``"w_<name>"`` are ``(m, B, ·)``. Paired with the model's ``p0(w_j)`` this is
+    a proper ELBO of the joint: it is MMVAE+'s objective plus the terms
+    ``E_{r_j}[log p0(w_j) − log r_j(w_j)] = −KL(r_j ‖ p0)``, which reach only the scales ``s_j``
+    (MMVAE+ leaves ``r_j`` free; here it is pulled towards ``p0``).
 
     [1] Palumbo, Daunhawer, Vogt (2023) "MMVAE+: Enhancing the Generative Quality of Multimodal VAEs
         without Compromises".
@@ -54,6 +63,9 @@ class PrivateLatentGuide(nn.Module):
         self.latent_dim = latent_dim
         self.private_dim = private_dim
         self.family = family
+        self.auxiliary_log_scale = nn.ParameterDict(
+            {name: nn.Parameter(torch.zeros(private_dim)) for name in encoders}
+        )
 
     @property
     def modalities(self) -> list[str]:
@@ -97,6 +109,12 @@ class PrivateLatentGuide(nn.Module):
         ``(m', B)``, event ``(d,)``."""
         return self.posterior(batch).experts
 
+    def auxiliary_prior(self, name: str) -> TorchDistribution:
+        """MMVAE+'s auxiliary prior ``r_j(w_j) = Laplace(0, s_j)`` (``Normal`` for ``family="normal"``)
+        of modality ``name``'s private latent, where its posterior is not drawn: event ``(d_w,)``."""
+        scale = self.auxiliary_log_scale[name].exp()
+        return LOCATION_SCALE_FAMILIES[self.family](torch.zeros_like(scale), scale).to_event(1)
+
     def private_posterior(self, batch: Mapping[str, Tensor]) -> dict[str, TorchDistribution]:
         """``{i: q(w_i | x_i)}`` for the modalities present in ``batch``, each batch ``(B,)``."""
         return self.posteriors(batch)[1]
@@ -109,9 +127,14 @@ class PrivateLatentGuide(nn.Module):
                 f"modality); the model was called with num_draws={num_draws}"
             )
         shared, private = self.posteriors(batch)
+        family = LOCATION_SCALE_FAMILIES[self.family]
         with pyro.plate("draws", self.num_draws, dim=-2), pyro.plate("data", batch_size, dim=-1):
             with poutine.scale(scale=1.0 / self.num_draws):
                 z = pyro.sample("z", shared)
-                for name, q_w in private.items():
-                    pyro.sample(f"w_{name}", q_w)
+                for expert, (name, q_w) in enumerate(private.items()):
+                    # Row `expert` of the draws: the posterior of w_name; every other row: r_name.
+                    own = torch.arange(self.num_draws, device=z.device).eq(expert)[:, None, None]
+                    q, r = q_w.base_dist, self.auxiliary_prior(name).base_dist
+                    loc, scale = torch.where(own, q.loc, r.loc), torch.where(own, q.scale, r.scale)
+                    pyro.sample(f"w_{name}", family(loc, scale).to_event(1))
         return z

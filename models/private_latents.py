@@ -31,11 +31,12 @@ class PrivateLatentVAE(MultimodalVAE):
     scaled by ``1/num_draws`` like :class:`~models.MultimodalVAE`; pair it with
     :class:`~guides.private_latents.PrivateLatentGuide`.
 
-    Generating modality ``j`` across modalities needs a ``w_j`` that the inputs do not determine: it
-    is drawn from ``p0(w_j)``, or (``auxiliary_scale=s``) from a wider ``Laplace(0, s)``, MMVAE+'s
-    auxiliary prior ``r(w_j)`` (see :meth:`private_prior`). Note that this model's ELBO is the plain
-    one of the joint above; MMVAE+ instead draws the ``w_j`` of the non-encoded modalities from
-    ``r(w_j)`` inside its objective.
+    The guide is MMVAE+'s: in the draw of expert ``i`` every other ``w_j`` comes from an auxiliary
+    prior ``r_j`` with a learned scale rather than from ``q(w_j | x_j)``
+    (:class:`~guides.private_latents.PrivateLatentGuide`), so decoding ``x_j`` from another
+    modality's ``z`` is learned with a ``w_j`` that knows nothing of ``x_j``. Generating modality
+    ``j`` across modalities likewise draws ``w_j`` from that ``r_j`` (:meth:`cross_generate`), or,
+    given ``auxiliary_scale=s``, from ``Laplace(0, s)`` (:meth:`private_prior`).
 
     [1] Palumbo, Daunhawer, Vogt (2023) "MMVAE+: Enhancing the Generative Quality of Multimodal VAEs
         without Compromises". [2] Yuan et al. (2024) "Learning Multimodal Latent Generative Models
@@ -143,12 +144,16 @@ class PrivateLatentVAE(MultimodalVAE):
         """Every modality's mean given the modalities ``S`` present in ``batch`` (any non-empty subset).
 
         ``z ~ q(z | X_S)`` from ``guide.posterior`` (for the mixture of experts: one draw per expert
-        in ``S``, the leading dimension), ``w_i ~ q(w_i | x_i)`` for ``i ∈ S`` (reconstruction) and
-        ``w_j`` from :meth:`private_prior` for ``j ∉ S`` (cross generation). Each value has shape
-        ``(|S|, B, *item)``.
+        in ``S``, the leading dimension), ``w_i ~ q(w_i | x_i)`` for ``i ∈ S`` (reconstruction) and,
+        for ``j ∉ S`` (cross generation), ``w_j`` from the guide's auxiliary prior ``r_j`` (the
+        one the decoders were trained with), or from ``Laplace(0, auxiliary_scale)`` when given.
+        Each value has shape ``(|S|, B, *item)``.
         """
         shared, private = guide.posteriors(batch)
         z = shared.sample()
-        return self.decode(
-            z, {name: q_w.sample(z.shape[:-2]) for name, q_w in private.items()}, auxiliary_scale=auxiliary_scale
-        )
+        given = {name: q_w.sample(z.shape[:-2]) for name, q_w in private.items()}
+        if auxiliary_scale is None:
+            for name in self.modalities:
+                if name not in given:
+                    given[name] = guide.auxiliary_prior(name).sample(z.shape[:-1])
+        return self.decode(z, given, auxiliary_scale=auxiliary_scale)

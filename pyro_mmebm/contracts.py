@@ -85,6 +85,10 @@ class GuideWithPrivateLatents(Guide, Protocol):
         """``q(z | X_S)`` as :meth:`posterior` gives it and ``{i: q(w_i | x_i)}`` (batch ``(B,)``) for the
         modalities ``S`` present in ``batch``."""
 
+    def auxiliary_prior(self, name: str) -> TorchDistribution:
+        """The distribution ``r_j(w_j)`` (event ``(d_w,)``) of modality ``name``'s private latent
+        where its posterior is not drawn: cross generation into ``name``."""
+
 
 @runtime_checkable
 class CrossGeneratingModel(MultimodalModel, Protocol):

@@ -70,6 +70,76 @@ def test_one_sample_iwae_equals_the_elbo():
     assert iwae == pytest.approx(elbo, rel=1e-6)
 
 
+def test_the_other_experts_draws_take_w_from_the_auxiliary_prior():
+    # MMVAE+: in the draw of expert i, w_i comes from q(w_i | x_i) and every other w_j from r_j.
+    model, guide = make_model_and_guide("laplace")
+    with torch.no_grad():
+        guide.auxiliary_log_scale["b"].fill_(math.log(3.0))
+    batch = make_batch()
+    trace = poutine.trace(guide).get_trace(batch, num_draws=guide.num_draws)
+    q_w = guide.private_posterior(batch)
+    for expert, name in enumerate(SHAPES):
+        fn = trace.nodes[f"w_{name}"]["fn"].base_dist
+        assert fn.batch_shape == (len(SHAPES), BATCH_SIZE, PRIVATE_DIM)
+        for row in range(len(SHAPES)):
+            if row == expert:
+                assert torch.equal(fn.loc[row], q_w[name].base_dist.loc)
+                assert torch.equal(fn.scale[row], q_w[name].base_dist.scale)
+            else:
+                r = guide.auxiliary_prior(name).base_dist
+                assert torch.equal(fn.loc[row], r.loc.expand(BATCH_SIZE, -1))
+                assert torch.equal(fn.scale[row], r.scale.expand(BATCH_SIZE, -1))
+    assert torch.allclose(guide.auxiliary_prior("b").base_dist.scale, torch.full((PRIVATE_DIM,), 3.0))
+    # So x_b's own data never reaches w_b in expert a's draw: changing x_b, same seed, same draw there.
+    other = dict(batch, b=1 - batch["b"])
+    torch.manual_seed(3)
+    first = poutine.trace(guide).get_trace(batch, num_draws=guide.num_draws).nodes["w_b"]["value"]
+    torch.manual_seed(3)
+    second = poutine.trace(guide).get_trace(other, num_draws=guide.num_draws).nodes["w_b"]["value"]
+    assert torch.equal(first[0], second[0]) and not torch.equal(first[1], second[1])
+
+
+def test_elbo_is_mmvae_plus_objective_plus_the_auxiliary_kl_terms():
+    # Written out for one shared draw: (1/m) Σ_i [log p(z_i) − log q(z_i | X) + log p0(w_i) − log q(w_i | x_i)
+    # + Σ_j log p(x_j | z_i, w_j^(i)) + Σ_{j≠i} (log p0(w_j^(i)) − log r_j(w_j^(i)))], summed over the batch.
+    model, guide = make_model_and_guide("laplace")
+    with torch.no_grad():
+        for name in SHAPES:
+            guide.auxiliary_log_scale[name].normal_(0.0, 0.3)
+    batch = make_batch()
+    guide_trace = poutine.trace(guide).get_trace(batch, num_draws=guide.num_draws)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch, num_draws=guide.num_draws)
+    pyro_elbo = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+
+    shared, private = guide.posteriors(batch)
+    z = guide_trace.nodes["z"]["value"]
+    p0 = model.private_prior()
+    total = model.prior().log_prob(z) - shared.log_prob(z)
+    for i, own in enumerate(SHAPES):
+        for j, name in enumerate(SHAPES):
+            w = guide_trace.nodes[f"w_{name}"]["value"][i]
+            if i == j:
+                total[i] += p0.log_prob(w) - private[name].log_prob(w)
+            else:
+                total[i] += p0.log_prob(w) - guide.auxiliary_prior(name).log_prob(w)
+            params = model.decoders[name](torch.cat([z[i], w], -1))
+            total[i] += model.likelihoods[name](params, 1).log_prob(batch[name])
+    torch.testing.assert_close(pyro_elbo, total.mean(0).sum(), rtol=1e-5, atol=1e-4)
+
+
+def test_cross_generation_draws_w_from_the_learned_auxiliary_prior():
+    model, guide = make_model_and_guide()
+    with torch.no_grad():
+        guide.auxiliary_log_scale["b"].fill_(-30.0)  # r_b is a point mass at 0
+    batch = make_batch()
+    torch.manual_seed(0)
+    generated = model.cross_generate(guide, {"a": batch["a"]})["b"]
+    torch.manual_seed(0)
+    z = guide.posterior({"a": batch["a"]}).sample()
+    expected = model.decode(z, {"b": torch.zeros(*z.shape[:-1], PRIVATE_DIM)})["b"]
+    torch.testing.assert_close(generated, expected)
+
+
 def test_decode_uses_given_private_latents_and_draws_the_others():
     model, guide = make_model_and_guide()
     z = torch.randn(7, LATENT_DIM)
