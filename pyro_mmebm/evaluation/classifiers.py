@@ -155,6 +155,10 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+LR_SCHEDULE = "cosine"
+"""How :func:`train_classifier` changes the learning rate over training; stored with cached weights."""
+
+
 def train_classifier(
     model: nn.Module,
     data: Dataset | Iterable,
@@ -167,7 +171,9 @@ def train_classifier(
     batch_size: int = 128,
     progress: bool = True,
 ) -> nn.Module:
-    """Train ``model`` in place with Adam on the cross-entropy of ``item[0][modality]`` against the labels.
+    """Train ``model`` in place with Adam on the cross-entropy of ``item[0][modality]`` against the labels,
+    the learning rate decaying from ``lr`` to 0 along a cosine over all steps (with a constant rate,
+    the PolyMNIST m0 classifier ended below 0.97 test accuracy on one machine and above on another).
 
     :param data: a map-style dataset (shuffled into batches of ``batch_size``) or a ``DataLoader``.
     :param seed: seeds shuffling and dropout; the caller's RNG state is restored afterwards.
@@ -180,6 +186,7 @@ def train_classifier(
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loader = _loader(data, batch_size, shuffle=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
     with _seeded(seed, device), tqdm(
         total=epochs * len(loader), desc=f"classifier[{modality}]", disable=not progress
     ) as bar:
@@ -190,6 +197,7 @@ def train_classifier(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
@@ -302,7 +310,8 @@ def load_or_train_classifier(
     with _seeded(seed, device):
         model = architecture()
     settings = {
-        "architecture": type(model).__name__, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed
+        "architecture": type(model).__name__, "epochs": epochs, "lr": lr, "lr_schedule": LR_SCHEDULE,
+        "batch_size": batch_size, "seed": seed,
     }
 
     # Runs side by side share the cache: the first to need a classifier trains it, the others wait.
