@@ -96,6 +96,16 @@ def main(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     curve, losses, step, started = [], [], 0, time.perf_counter()
+    checkpoint = out / f"{args.name}.pt"
+    if args.resume and checkpoint.exists():
+        # The weights, optimiser and step of the last evaluation, and the curve up to it; the order of
+        # the batches after it is drawn afresh.
+        state = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(state["model"]), guide.load_state_dict(state["guide"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, curve = state["step"], json.loads((out / f"{args.name}.json").read_text())["curve"]
+        started -= curve[-1]["seconds"]
+        print(f"resumed at step {step}", flush=True)
     while step < args.steps:
         for batch, _ in batches:
             optimizer.zero_grad(set_to_none=True)
@@ -122,12 +132,15 @@ def main(args: argparse.Namespace) -> None:
                 print(json.dumps(point), flush=True)
                 (out / f"{args.name}.json").write_text(json.dumps({"settings": vars(args), "curve": curve}, indent=2))
                 if args.save:
-                    torch.save({"model": model.state_dict(), "guide": guide.state_dict()}, out / f"{args.name}.pt")
+                    state = {"model": model.state_dict(), "guide": guide.state_dict(),
+                             "optimizer": optimizer.state_dict(), "step": step}
+                    torch.save(state, checkpoint.with_suffix(".tmp"))
+                    checkpoint.with_suffix(".tmp").replace(checkpoint)
             if step == args.steps:
                 break
 
 
-NOT_SETTINGS = ("name", "steps", "eval_every", "save", "table", "out", "threads")
+NOT_SETTINGS = ("name", "steps", "eval_every", "save", "resume", "table", "out", "threads")
 
 
 def table(out: str) -> str:
@@ -175,7 +188,8 @@ if __name__ == "__main__":
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-size", type=int, default=500)
     parser.add_argument("--modalities", nargs="+", help="train on these modalities only (default: all five)")
-    parser.add_argument("--save", action="store_true", help="save the model and guide at every evaluation")
+    parser.add_argument("--save", action="store_true", help="save the model, guide and optimiser at every evaluation")
+    parser.add_argument("--resume", action="store_true", help="continue from the last --save of this --name")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     DEFAULTS = {action.dest: action.default for action in parser._actions}
