@@ -99,11 +99,16 @@ def main(args: argparse.Namespace) -> None:
     checkpoint = out / f"{args.name}.pt"
     if args.resume and checkpoint.exists():
         # The weights, optimiser and step of the last evaluation, and the curve up to it; the order of
-        # the batches after it is drawn afresh.
+        # the batches after it is drawn afresh. A checkpoint of weights only (older --save) continues
+        # with a fresh optimiser, and the curve says so at the step where it did.
         state = torch.load(checkpoint, weights_only=True)
         model.load_state_dict(state["model"]), guide.load_state_dict(state["guide"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, curve = state["step"], json.loads((out / f"{args.name}.json").read_text())["curve"]
+        curve = json.loads((out / f"{args.name}.json").read_text())["curve"]
+        step = state.get("step", curve[-1]["step"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            curve[-1]["optimizer_reset_after"] = True
         started -= curve[-1]["seconds"]
         print(f"resumed at step {step}", flush=True)
     while step < args.steps:
