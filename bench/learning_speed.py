@@ -145,7 +145,7 @@ def main(args: argparse.Namespace) -> None:
                 break
 
 
-NOT_SETTINGS = ("name", "steps", "eval_every", "save", "resume", "table", "out", "threads")
+NOT_SETTINGS = ("name", "steps", "eval_every", "save", "resume", "table", "out", "threads", "classifier_dir")
 
 
 def table(out: str) -> str:
