@@ -26,17 +26,13 @@ from pyro.infer import Trace_ELBO
 
 from guides import MixtureOfExpertsGuide, PrivateLatentGuide
 from models import MultimodalVAE, PrivateLatentVAE
-from pyro_mmebm.data import InMemoryBatches, PolyMNIST
+from pyro_mmebm.atomic import atomic_path
+from pyro_mmebm.data import InMemoryBatches, PolyMNIST, strided_tensors
 from pyro_mmebm.evaluation import load_or_train_classifier
 from pyro_mmebm.evaluation.coherence import cross_coherence, generate_from, linear_probe_accuracy
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.networks import PolyMNISTDecoder, PolyMNISTEncoder
 from pyro_mmebm.priors import PRIORS
-
-
-def strided(tensors: dict, labels: torch.Tensor, n: int) -> tuple[dict, torch.Tensor]:
-    index = torch.arange(n) * len(labels) // n
-    return {name: x[index] for name, x in tensors.items()}, labels[index]
 
 
 def load_classifiers(cache_dir: str, train_x: dict, train_y, test_x: dict, test_y) -> dict:
@@ -72,8 +68,8 @@ def main(args: argparse.Namespace) -> None:
     modalities = args.modalities or list(train_set.modalities)
     train_x = {name: train_x[name] for name in modalities}
     test_x = {name: test_x[name] for name in modalities}
-    eval_x, eval_y = strided(test_x, test_y, args.eval_size)
-    probe_x, probe_y = strided(train_x, train_y, 2000)
+    eval_x, eval_y = strided_tensors(test_x, test_y, args.eval_size)
+    probe_x, probe_y = strided_tensors(train_x, train_y, 2000)
     eval_loader = InMemoryBatches(eval_x, eval_y, 250, shuffle=False)
     probe_loader = InMemoryBatches(probe_x, probe_y, 250, shuffle=False)
 
@@ -139,8 +135,8 @@ def main(args: argparse.Namespace) -> None:
                 if args.save:
                     state = {"model": model.state_dict(), "guide": guide.state_dict(),
                              "optimizer": optimizer.state_dict(), "step": step}
-                    torch.save(state, checkpoint.with_suffix(".tmp"))
-                    checkpoint.with_suffix(".tmp").replace(checkpoint)
+                    with atomic_path(checkpoint) as tmp:
+                        torch.save(state, tmp)
             if step == args.steps:
                 break
 

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from torch.distributions import Laplace
 from torch.nn import functional as F
 
-from learning_speed import load_classifiers, strided
-from pyro_mmebm.data import InMemoryBatches, PolyMNIST
+from learning_speed import load_classifiers
+from pyro_mmebm.data import InMemoryBatches, PolyMNIST, strided_tensors
 
 LIKELIHOOD_SCALE = 0.75
 
@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> None:
     train_x, train_y = PolyMNIST(args.data_root, train=True, generate_from=sources).tensors()
     test_x, test_y = PolyMNIST(args.data_root, train=False, generate_from=sources).tensors()
     names = args.modalities
-    eval_x, eval_y = strided({name: test_x[name] for name in names}, test_y, args.eval_size)
+    eval_x, eval_y = strided_tensors({name: test_x[name] for name in names}, test_y, args.eval_size)
     eval_x = {name: x.float() / 255 for name, x in eval_x.items()}
     encoders = nn.ModuleDict({name: Encoder(args.latent_dim) for name in names})
     decoders = nn.ModuleDict({name: Decoder(args.latent_dim) for name in names})

@@ -24,6 +24,7 @@ from pyro_mmebm.data import (
     generate_polymnist,
     match_by_label,
     strided_subset,
+    strided_tensors,
     tokenize,
 )
 from pyro_mmebm.data import mnist_svhn
@@ -330,6 +331,13 @@ def test_strided_subset_covers_every_digit(polymnist):
         strided_subset(dataset, 0)
     with pytest.raises(ValueError):
         strided_subset(dataset, len(dataset) + 1)
+    # The same items from the tensors in memory.
+    images, labels = dataset.tensors()
+    strided_images, strided_labels = strided_tensors(images, labels, 20)
+    assert strided_labels.tolist() == [subset[i][1] for i in range(len(subset))]
+    assert torch.equal(strided_images["m0"], images["m0"][subset.indices])
+    with pytest.raises(ValueError):
+        strided_tensors(images, labels, 0)
 
 
 # ---- CUB ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pyro.infer import Trace_ELBO
 
 from guides import MixtureOfExpertsGuide
 from models import MultimodalVAE
-from pyro_mmebm.data import InMemoryBatches, PolyMNIST
+from pyro_mmebm.data import InMemoryBatches, PolyMNIST, strided_tensors
 from pyro_mmebm.evaluation.coherence import linear_probe_accuracy
 from pyro_mmebm.likelihoods import Likelihood
 from pyro_mmebm.networks import PolyMNISTDecoder, PolyMNISTEncoder
@@ -25,12 +25,6 @@ SHARED_DATA = Path(os.environ.get("PYRO_MMEBM_SHARED_DATA", Path(__file__).resol
 STEPS = 5000
 BATCH_SIZE = 32
 LATENT_DIM = 32
-
-
-def strided(images: dict, labels: torch.Tensor, n: int) -> tuple[dict, torch.Tensor]:
-    """``n`` tuples spread evenly over the data set, which is stored grouped by digit."""
-    index = torch.arange(n) * len(labels) // n
-    return {name: x[index] for name, x in images.items()}, labels[index]
 
 
 @pytest.mark.slow
@@ -48,8 +42,8 @@ def test_mmvae_carries_the_digit_after_5000_steps_of_batch_32(tmp_path):
     pyro.set_rng_seed(0)
     train_images, train_labels = PolyMNIST(root, train=True, generate_from=sources).tensors()
     test_images, test_labels = PolyMNIST(root, train=False, generate_from=sources).tensors()
-    probe_train = InMemoryBatches(*strided(train_images, train_labels, 2000), 250, shuffle=False)
-    probe_test = InMemoryBatches(*strided(test_images, test_labels, 500), 250, shuffle=False)
+    probe_train = InMemoryBatches(*strided_tensors(train_images, train_labels, 2000), 250, shuffle=False)
+    probe_test = InMemoryBatches(*strided_tensors(test_images, test_labels, 500), 250, shuffle=False)
 
     names = list(train_images)
     model = MultimodalVAE(

@@ -115,7 +115,7 @@ def test_elbo_is_mmvae_plus_objective_plus_the_auxiliary_kl_terms():
     z = guide_trace.nodes["z"]["value"]
     p0 = model.private_prior()
     total = model.prior().log_prob(z) - shared.log_prob(z)
-    for i, own in enumerate(SHAPES):
+    for i in range(len(SHAPES)):
         for j, name in enumerate(SHAPES):
             w = guide_trace.nodes[f"w_{name}"]["value"][i]
             if i == j:

@@ -10,7 +10,7 @@ from pyro_mmebm.data.fake import write_fake_dataset
 from pyro_mmebm.data.in_memory import InMemoryBatches
 from pyro_mmebm.data.mnist_svhn import MNISTSVHN, match_by_label
 from pyro_mmebm.data.polymnist import PolyMNIST, generate_polymnist
-from pyro_mmebm.data.subsets import strided_subset
+from pyro_mmebm.data.subsets import strided_subset, strided_tensors
 
 __all__ = [
     "CUBImageCaption",
@@ -22,6 +22,7 @@ __all__ = [
     "generate_polymnist",
     "match_by_label",
     "strided_subset",
+    "strided_tensors",
     "tokenize",
     "write_fake_dataset",
 ]
