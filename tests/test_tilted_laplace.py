@@ -10,6 +10,7 @@ from pyro.infer import Predictive
 from torch import nn
 
 from pyro_mmebm import EBMPriorConfig, EnergyBasedPrior, EnergyGapMonitor, EnergyMLP, LangevinConfig, TiltedLaplace
+from pyro_mmebm.ebm import penalty_gap
 from tests.reference import grid_1d, grid_2d, laplace_log_density, log_normaliser
 
 NUM_NEGATIVES = 8000
@@ -150,6 +151,51 @@ def test_monitor_records_energy_gap():
     # Positives sit at f = 3; negatives near E[z_1] = 2a/(1 - a^2), infinite at a = 1 but the
     # 2-step chains stay near the base: the gap is large and positive.
     assert monitor.gap > 2.0
+
+
+def penalised_loss(energy, positives, monitor, regularisation):
+    """−mean log_prob of ``positives`` with fixed negatives (K = 0: the same 512 base draws every call)."""
+    torch.manual_seed(1)
+    prior = tilted(energy, 2, steps=0, regularisation=regularisation, monitor=monitor, num_negatives=512)
+    return -prior.log_prob(positives).mean()
+
+
+def test_penalty_gap_is_the_gradient_along_the_output_scale():
+    """Scaling f's output layer by (1 + ε) scales f, so the derivative of the penalised α-objective
+    E f − E f(z⁻) − λ (E f² + E f(z⁻)²) along it is gap − 2λ (E f² + E f(z⁻)²) at any α, exactly; at a
+    stationary point it vanishes, so the penalty alone sets the gap (pyro_mmebm.ebm.monitoring).
+    Checked at an arbitrary α, then after training to near-stationarity (Adam, 3,000 full-batch
+    steps along a cosine; the residual left is the projected gradient, 0.2 % of the gap here)."""
+    torch.manual_seed(0)
+    positives = 0.4 * torch.randn(256, 2) + torch.tensor([1.5, -1.0])
+    energy = EnergyMLP(2, 16, 3)
+    output = energy.net[-1]
+    monitor = EnergyGapMonitor()
+    regularisation = 0.1
+
+    def residual():
+        loss = penalised_loss(energy, positives, monitor, regularisation)
+        weight, bias = torch.autograd.grad(loss, [output.weight, output.bias])
+        with torch.no_grad():
+            along_scale = -float((output.weight * weight).sum() + (output.bias * bias).sum())  # d objective / dε
+        sustained = penalty_gap(regularisation, float(monitor.positive_square_mean), float(monitor.negative_square_mean))
+        return monitor.gap - sustained, along_scale
+
+    difference, along_scale = residual()
+    assert difference == pytest.approx(along_scale, rel=1e-4, abs=1e-4)  # float32 means of ~5
+
+    optimizer = torch.optim.Adam(energy.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 3000)
+    for _ in range(3000):
+        optimizer.zero_grad()
+        penalised_loss(energy, positives, monitor, regularisation).backward()
+        optimizer.step()
+        schedule.step()
+    difference, along_scale = residual()
+    assert difference == pytest.approx(along_scale, rel=1e-4, abs=1e-4)  # float32 means of ~5
+    assert monitor.gap > 5.0  # far from a flat tilt, yet
+    assert abs(difference) < 0.005 * monitor.gap  # the penalty alone sets the gap,
+    assert monitor.gap < 1 / regularisation  # which stays below 1/λ
 
 
 def test_shapes_expand_and_event():

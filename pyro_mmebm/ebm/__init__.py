@@ -22,7 +22,7 @@ from pyro_mmebm.ebm.langevin import (
     langevin_run,
     langevin_sample,
 )
-from pyro_mmebm.ebm.monitoring import EBMDivergenceError, EnergyGapMonitor, check_energy_gap
+from pyro_mmebm.ebm.monitoring import EBMDivergenceError, EnergyGapMonitor, check_energy_gap, penalty_gap
 from pyro_mmebm.ebm.prior import EBMPriorConfig, EnergyBasedPrior
 from pyro_mmebm.ebm.tilted_laplace import MAX_BASE_SCALES, TiltedLaplace
 
@@ -46,6 +46,7 @@ __all__ = [
     "check_energy_gap",
     "langevin_run",
     "langevin_sample",
+    "penalty_gap",
     "prior_hooks",
     "sigmoid_schedule",
 ]

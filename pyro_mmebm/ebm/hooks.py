@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from pyro_mmebm.contracts import TrainingHook
-from pyro_mmebm.ebm.monitoring import check_energy_gap
+from pyro_mmebm.ebm.monitoring import check_energy_gap, penalty_gap
 from pyro_mmebm.ebm.prior import EnergyBasedPrior
 
 if TYPE_CHECKING:
@@ -35,34 +35,40 @@ class EnergyGapWatch(TrainingHook):
     """The energy gap ``E_q[f] − E_{p_α}[f]`` at every step, from the means of ``f`` that the prior's
     :class:`~pyro_mmebm.ebm.EnergyGapMonitor` holds, averaged over all processes: checked against
     ``max_gap`` (:func:`~pyro_mmebm.ebm.monitoring.check_energy_gap`; every process checks the same
-    gap, so all stop together), logged (``ebm/energy_gap``, ``ebm/f_positive``, ``ebm/f_negative``)
-    and summarised per epoch (``energy_gap`` its mean, ``energy_gap_last``, ``f_positive``,
-    ``f_negative``)."""
+    gap, so all stop together), logged (``ebm/energy_gap``, ``ebm/f_positive``, ``ebm/f_negative``,
+    and ``ebm/penalty_gap``, the gap the magnitude penalty sustains at equilibrium,
+    :func:`~pyro_mmebm.ebm.monitoring.penalty_gap`) and summarised per epoch (``energy_gap`` its
+    mean, ``energy_gap_last``, ``f_positive``, ``f_negative``, ``penalty_gap``)."""
 
     def __init__(self, prior: EnergyBasedPrior, max_gap: float) -> None:
         self.monitor = prior.monitor
+        self.regularisation = prior.config.regularisation
         self.step_size = prior.config.langevin.step_size
         self.max_gap = max_gap
         self.gaps: list[float] = []
         self.energies: list[tuple[float, float]] = []
+        self.penalty_gaps: list[float] = []
 
     def start_epoch(self, epoch: int) -> None:
-        self.gaps, self.energies = [], []
+        self.gaps, self.energies, self.penalty_gaps = [], [], []
 
     def step_values(self) -> list[Tensor]:
-        if self.monitor.gap is None:  # no negatives drawn yet (a warm-up)
+        monitor = self.monitor
+        if monitor.gap is None:  # no negatives drawn yet (a warm-up)
             return []
-        return [self.monitor.positive_mean, self.monitor.negative_mean]
+        return [monitor.positive_mean, monitor.negative_mean, monitor.positive_square_mean, monitor.negative_square_mean]
 
     def end_step(self, values: list[float], step: int) -> dict[str, float]:
         if not values:
             return {}
-        positive, negative = values
+        positive, negative, positive_square, negative_square = values
         gap = positive - negative
         check_energy_gap(gap, self.max_gap, step, self.step_size)
+        sustained = penalty_gap(self.regularisation, positive_square, negative_square)
         self.gaps.append(gap)
         self.energies.append((positive, negative))
-        return {"ebm/energy_gap": gap, "ebm/f_positive": positive, "ebm/f_negative": negative}
+        self.penalty_gaps.append(sustained)
+        return {"ebm/energy_gap": gap, "ebm/f_positive": positive, "ebm/f_negative": negative, "ebm/penalty_gap": sustained}
 
     def end_epoch(self) -> dict[str, float]:
         if not self.gaps:
@@ -72,6 +78,7 @@ class EnergyGapWatch(TrainingHook):
             "energy_gap_last": self.gaps[-1],
             "f_positive": sum(p for p, _ in self.energies) / len(self.energies),
             "f_negative": sum(n for _, n in self.energies) / len(self.energies),
+            "penalty_gap": sum(self.penalty_gaps) / len(self.penalty_gaps),
         }
 
 
