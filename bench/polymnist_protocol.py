@@ -8,6 +8,12 @@ Runs, each as its own process with one thread (two side by side on a 2-core mach
 3. ``two_stage``: an EBM prior fitted to the aggregate posterior of the finished ``laplace`` run;
 4. with ``--private``, ``laplace_private`` and ``ebm_private`` (MMVAE+-style private latents, "Ours+").
 
+An EBM run warms up with the base prior for ``--ebm-warmup-epochs W`` epochs, and in those it repeats
+its Laplace counterpart exactly (same seed, same losses). So it does not pay for them: it waits for
+the Laplace run's epoch-``W`` checkpoint, which the scheduler keeps as
+``<out>/<laplace run>/checkpoint_epoch<W>.pt``, and starts from it (``--start-from``); the core is
+free for other runs meanwhile. ``--no-fork`` runs the warm-up instead.
+
 Every run writes a checkpoint each epoch; ``--resume`` continues unfinished runs (a finished run,
 one with ``results.json`` of the requested epochs, is read back; asking for more epochs continues it), so the protocol can span sessions. At the end it writes
 ``<out>/protocol.md`` and ``<out>/protocol.json``: per run the joint, cross and probe accuracy, the
@@ -25,6 +31,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +40,7 @@ from typing import Any, Optional
 
 from matplotlib.figure import Figure
 
+from pyro_mmebm.checkpoint import CHECKPOINT_NAME, CheckpointError, read_checkpoint
 from pyro_mmebm.evaluation.coherence import format_table, save_results_json
 from pyro_mmebm.experiment import RESULTS_NAME, summary_row
 from pyro_mmebm.training import METRICS_NAME
@@ -96,6 +104,44 @@ def run_commands(args: argparse.Namespace) -> dict[str, list[str]]:
 DEPENDS_ON = {"two_stage": "laplace"}
 """A run that starts only when another has finished."""
 
+FORKS_FROM = {"ebm": "laplace", "ebm_private": "laplace_private"}
+"""An EBM run and the Laplace run whose warm-up epochs it repeats exactly (see the module docstring)."""
+
+
+def warmup_epochs(ebm_options: str) -> int:
+    """The ``--ebm-warmup-epochs`` among the EBM runs' options (0 when not given, the default)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--ebm-warmup-epochs", type=int, default=0)
+    return parser.parse_known_args(shlex.split(ebm_options))[0].ebm_warmup_epochs
+
+
+def warmup_checkpoint(run: Path, epochs: int) -> Path:
+    """Where the scheduler keeps the checkpoint of ``run`` at the end of epoch ``epochs``."""
+    return run / f"checkpoint_epoch{epochs}.pt"
+
+
+def keep_warmup_checkpoint(run: Path, epochs: int) -> Optional[Path]:
+    """Keep a copy of ``run``'s checkpoint while it is the one of epoch ``epochs`` (the run's
+    ``checkpoint.pt`` is overwritten every epoch); return the copy, or ``None`` while the run has not
+    got there, or has gone past it without a copy (then the fork runs the warm-up itself)."""
+    kept = warmup_checkpoint(run, epochs)
+    if kept.is_file():
+        return kept
+    metrics = run / METRICS_NAME
+    if not metrics.is_file() or len(json.loads(metrics.read_text())) != epochs:
+        return None  # the checkpoint is written before the metrics: with `epochs` of them it is epoch `epochs`
+    partial = kept.with_suffix(".partial")
+    shutil.copyfile(run / CHECKPOINT_NAME, partial)  # written by rename: the copy is one whole file
+    try:
+        stored_epoch = read_checkpoint(partial)["epoch"]
+    except CheckpointError:
+        stored_epoch = None
+    if stored_epoch != epochs - 1:  # the run finished another epoch meanwhile
+        partial.unlink()
+        return None
+    partial.replace(kept)
+    return kept
+
 
 def finished(out: Path, name: str, epochs: Optional[int] = None) -> bool:
     """Whether the run ``name`` has its results (of at least ``epochs`` epochs, when given)."""
@@ -106,18 +152,42 @@ def finished(out: Path, name: str, epochs: Optional[int] = None) -> bool:
 
 
 def schedule(
-    commands: dict[str, list[str]], out: Path, *, parallel: int, resume: bool, epochs: dict[str, int]
+    commands: dict[str, list[str]],
+    out: Path,
+    *,
+    parallel: int,
+    resume: bool,
+    epochs: dict[str, int],
+    fork_after: int = 0,
+    poll_s: float = 5.0,
 ) -> dict[str, int]:
     """Run every unfinished command, at most ``parallel`` at a time, one thread each; return exit codes.
 
     Each run's output goes to ``<out>/<name>.log``. A run is resumed (``--resume``) when its folder
-    holds a checkpoint and ``resume`` is set.
+    holds a checkpoint and ``resume`` is set. With ``fork_after`` (the EBM warm-up's epochs), a new
+    EBM run of :data:`FORKS_FROM` waits for its Laplace run's checkpoint of that epoch and starts
+    from it, when that run is scheduled here or its copy is already kept; otherwise it runs the
+    warm-up itself.
     """
     pending = [name for name in commands if not finished(out, name, epochs.get(name))]
     running: dict[str, subprocess.Popen] = {}
     codes: dict[str, int] = {}
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+    def fork_point(name: str) -> tuple[bool, Optional[Path]]:
+        """``(wait, checkpoint to start from)`` for a run that has not started yet."""
+        source = FORKS_FROM.get(name)
+        if not fork_after or source is None or ((out / name).is_dir() and any((out / name).iterdir())):
+            return False, None
+        kept = keep_warmup_checkpoint(out / source, fork_after)
+        if kept is not None:
+            return False, kept
+        return source in pending or source in running, None
+
     while pending or running:
+        for name in running:  # keep each forking source's warm-up checkpoint while it is current
+            if any(FORKS_FROM.get(other) == name for other in pending) and fork_after:
+                keep_warmup_checkpoint(out / name, fork_after)
         for name in list(pending):
             dependency = DEPENDS_ON.get(name)
             blocked = dependency is not None and (
@@ -128,8 +198,13 @@ def schedule(
                 codes[name] = -1
                 continue
             if len(running) < parallel and not blocked:
+                wait, start_from = fork_point(name)
+                if wait:
+                    continue
                 command = list(commands[name])
-                if (out / name).is_dir() and any((out / name).iterdir()):
+                if start_from is not None:
+                    command += ["--start-from", str(start_from)]
+                elif (out / name).is_dir() and any((out / name).iterdir()):
                     if not resume:
                         raise SystemExit(f"{out / name} holds an unfinished run: rerun with --resume to continue it")
                     command.append("--resume")
@@ -142,7 +217,7 @@ def schedule(
                 codes[name] = process.returncode
                 print(f"[{time.strftime('%H:%M:%S')}] {name} exited with {process.returncode}", flush=True)
                 del running[name]
-        time.sleep(5)
+        time.sleep(poll_s)
     return codes
 
 
@@ -205,7 +280,10 @@ def report(commands: dict[str, list[str]], out: Path) -> dict[str, Any]:
     if accuracies:
         lines.append("Classifier test accuracy: " + ", ".join(f"{n} {a:.3f}" for n, a in accuracies.items()))
     lines += ["", "Commands (`OMP_NUM_THREADS=1`, from the repository root):", ""]
-    lines += [f"- `{name}`: `{shlex.join(['python', 'examples/polymnist.py', *commands[name][2:]])}`" for name in results]
+    for name, result in results.items():
+        start_from = result.get("config", {}).get("start_from")
+        forked = ["--start-from", start_from] if start_from else []  # a fork of its Laplace run's warm-up
+        lines.append(f"- `{name}`: `{shlex.join(['python', 'examples/polymnist.py', *commands[name][2:], *forked])}`")
     table = "\n".join(lines) + "\n"
     (out / "protocol.md").write_text(table)
     summary = {"rows": rows, "classifier_accuracy": accuracies, "commands": {n: commands[n][1:] for n in results}}
@@ -222,7 +300,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.runs:
         commands = {name: commands[name] for name in args.runs}
     epochs = {name: args.two_stage_epochs if name == "two_stage" else args.epochs for name in commands}
-    codes = schedule(commands, out, parallel=args.parallel, resume=args.resume, epochs=epochs)
+    fork_after = 0 if args.no_fork else warmup_epochs(args.ebm_options)
+    codes = schedule(commands, out, parallel=args.parallel, resume=args.resume, epochs=epochs, fork_after=fork_after)
     failed = {name: code for name, code in codes.items() if code != 0}
     if failed:
         print(f"runs that did not finish: {failed} (see <out>/<name>.log)", flush=True)
@@ -241,6 +320,9 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
     parser.add_argument("--ebm-options", default="", help="extra options of the EBM runs, e.g. '--prior-lr 2e-5'")
     parser.add_argument("--run-options", default="", help="extra options of every run, e.g. '--precision bf16'")
     parser.add_argument("--two-stage-epochs", type=int, default=3)
+    parser.add_argument(
+        "--no-fork", action="store_true", help="EBM runs train their warm-up epochs instead of starting from the Laplace run's"
+    )
     return parser
 
 

@@ -1,0 +1,93 @@
+"""The protocol's scheduler: an EBM run starts from its Laplace run's warm-up checkpoint instead of
+repeating the warm-up, and runs it itself when that checkpoint cannot be had."""
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_mmebm.checkpoint import read_checkpoint, save_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import polymnist_protocol  # noqa: E402
+
+# A stand-in for a Laplace run of `examples/polymnist.py`: four epochs of a second, each ending as `fit`
+# ends one (checkpoint first, then the metrics), then its results.
+FAKE_LAPLACE = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    import torch
+    from pyro_mmebm.checkpoint import save_checkpoint
+    out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
+    history = []
+    for epoch in range(4):
+        time.sleep(1.0)
+        history.append({"epoch": epoch, "seconds": 1.0})
+        save_checkpoint(out, {"model": torch.nn.Linear(1, 1)}, None, epoch=epoch, history=history)
+        (out / "metrics.json").write_text(json.dumps(history))
+    (out / "results.json").write_text(json.dumps({"history": history}))
+    """
+)
+
+# A stand-in for the EBM run: records the options it was started with.
+FAKE_EBM = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
+
+
+def commands(out: Path) -> dict[str, list[str]]:
+    return {
+        "laplace": [sys.executable, "-c", FAKE_LAPLACE, str(out / "laplace")],
+        "ebm": [sys.executable, "-c", FAKE_EBM, str(out / "ebm_options.json")],
+    }
+
+
+def test_warmup_epochs_are_read_from_the_ebm_options():
+    assert polymnist_protocol.warmup_epochs("--langevin-steps 60 --ebm-warmup-epochs 2 --prior-lr 2e-5") == 2
+    assert polymnist_protocol.warmup_epochs("--langevin-steps 60") == 0
+
+
+def test_ebm_run_starts_from_the_laplace_runs_warmup_checkpoint(tmp_path):
+    codes = polymnist_protocol.schedule(
+        commands(tmp_path), tmp_path, parallel=2, resume=False, epochs={"laplace": 4, "ebm": 4}, fork_after=2, poll_s=0.05
+    )
+    assert codes == {"laplace": 0, "ebm": 0}
+    kept = polymnist_protocol.warmup_checkpoint(tmp_path / "laplace", 2)
+    assert read_checkpoint(kept)["epoch"] == 1  # the end of the second epoch, not the run's last
+    assert read_checkpoint(tmp_path / "laplace")["epoch"] == 3
+    options = json.loads((tmp_path / "ebm_options.json").read_text())
+    assert options == ["--start-from", str(kept)]
+
+
+def test_without_a_warmup_the_ebm_run_starts_at_once(tmp_path):
+    codes = polymnist_protocol.schedule(
+        commands(tmp_path), tmp_path, parallel=2, resume=False, epochs={"laplace": 4, "ebm": 4}, fork_after=0, poll_s=0.05
+    )
+    assert codes == {"laplace": 0, "ebm": 0}
+    assert json.loads((tmp_path / "ebm_options.json").read_text()) == []
+    assert not polymnist_protocol.warmup_checkpoint(tmp_path / "laplace", 2).exists()
+
+
+def test_ebm_run_repeats_the_warmup_when_its_checkpoint_is_gone(tmp_path):
+    """The Laplace run finished earlier (not scheduled here) and nobody kept its epoch-2 checkpoint."""
+    polymnist_protocol.schedule(
+        {"laplace": commands(tmp_path)["laplace"]}, tmp_path, parallel=1, resume=False, epochs={"laplace": 4},
+        fork_after=2, poll_s=0.05,
+    )
+    assert not polymnist_protocol.warmup_checkpoint(tmp_path / "laplace", 2).exists()
+    codes = polymnist_protocol.schedule(
+        commands(tmp_path), tmp_path, parallel=2, resume=False, epochs={"laplace": 4, "ebm": 4}, fork_after=2, poll_s=0.05
+    )
+    assert codes == {"ebm": 0}  # the finished Laplace run is not run again
+    assert json.loads((tmp_path / "ebm_options.json").read_text()) == []
+
+
+@pytest.mark.parametrize("epochs_done", [1, 3])
+def test_keep_warmup_checkpoint_only_at_that_epoch(tmp_path, epochs_done):
+    history = [{"epoch": e} for e in range(epochs_done)]
+    save_checkpoint(tmp_path, {"model": torch.nn.Linear(1, 1)}, None, epoch=epochs_done - 1, history=history)
+    (tmp_path / "metrics.json").write_text(json.dumps(history))
+    assert polymnist_protocol.keep_warmup_checkpoint(tmp_path, 2) is None
+    assert not list(tmp_path.glob("checkpoint_epoch*"))
