@@ -1,7 +1,7 @@
 """Which recipe keeps the jointly trained EBM prior honest on real PolyMNIST? One change at a time.
 
-Every setting forks from the same Laplace checkpoint at the end of the EBM warm-up (the protocol's
-``laplace/checkpoint_epoch2.pt``: same weights, optimiser and random state), trains the EBM prior
+Every setting forks from the same Laplace checkpoint at or after the end of the EBM warm-up (the
+protocol's ``laplace/checkpoint_epoch2.pt``: same weights, optimiser and random state), trains the EBM prior
 jointly for ``--steps`` steps with the protocol's recipe plus one change, and is then evaluated like
 any run. Each setting is a plain ``examples/polymnist.py`` run (``<out>/<setting>``, checkpointed
 every ``--chunk`` steps, continued with ``--resume``), two side by side with one thread each.
@@ -13,8 +13,9 @@ settings then change nothing).
 
 Reported per setting (``<out>/ebm_recipe.{md,json}``, ``<out>/recipe_gap.png``):
 
-- the energy gap ``E_q[f] − E_{p_α}[f]`` over training (mean of each chunk of ``--chunk`` steps) and
-  ``f`` on posterior samples and on negatives in the last chunk;
+- the energy gap ``E_q[f] − E_{p_α}[f]`` over training (mean of each chunk of ``--chunk`` steps),
+  ``f`` on posterior samples and on negatives in the last chunk, and the gap the magnitude penalty
+  sustains there (``penalty_gap``, :func:`pyro_mmebm.ebm.penalty_gap`);
 - at the end, the gap between posterior draws of test tuples and the prior samples that generation
   uses (``gap_end``);
 - the linear probe, joint and cross coherence and the aggregate-posterior ceiling.
@@ -36,6 +37,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 import polymnist_protocol
+from pyro_mmebm.checkpoint import read_checkpoint
 from pyro_mmebm.evaluation.coherence import format_table, save_results_json
 from pyro_mmebm.experiment import RESULTS_NAME, summary_row
 
@@ -50,30 +52,40 @@ SETTINGS: dict[str, str] = {
     "prior_lr_1e-4": "--prior-lr 1e-4",
     "penalty_0.01": "--ebm-regularisation 0.01",
     "no_penalty": "--ebm-regularisation 0",
+    "no_penalty_encoder_gradient_0": "--ebm-regularisation 0 --ebm-encoder-gradient 0",
     "prior_lr_1e-4_penalty_0.01": "--prior-lr 1e-4 --ebm-regularisation 0.01",
     "steps_200": "--langevin-steps 200",
     "step_size_0.2": "--langevin-step-size 0.2",
 }
 """Each setting's change to :data:`RECIPE` (later options win), by name."""
 
-WARMUP_EPOCHS = 2
-"""Epochs in the fork checkpoint: the warm-up, which the forked runs do not repeat."""
+WARMUP_EPOCHS = polymnist_protocol.warmup_epochs(RECIPE)
+"""The recipe's warm-up with the base prior: a fork checkpoint holds at least these epochs."""
 
 
-def commands(args: argparse.Namespace) -> dict[str, list[str]]:
+def fork_epochs(path: str) -> int:
+    """The epochs the fork checkpoint at ``path`` holds (the forked runs do not repeat them)."""
+    epochs = read_checkpoint(path)["epoch"] + 1
+    if epochs < WARMUP_EPOCHS:
+        raise SystemExit(f"--fork {path}: a checkpoint of epoch {epochs}, inside the recipe's {WARMUP_EPOCHS}-epoch warm-up")
+    return epochs
+
+
+def commands(args: argparse.Namespace, forked_epochs: int = 0) -> dict[str, list[str]]:
     """The ``examples/polymnist.py`` command line of each setting, by name."""
     if args.steps % args.chunk:
         raise SystemExit(f"--steps ({args.steps}) must be a multiple of --chunk ({args.chunk})")
     common = [
         *polymnist_protocol.run_options(args),
         "--prior", "ebm", "--epoch-size", str(args.chunk * args.batch_size), *shlex.split(RECIPE),
+        *shlex.split(args.run_options),
     ]
     if args.max_source_size is not None:
         common += ["--max-source-size", str(args.max_source_size)]
     if args.two_stage_from:
         common += ["--two-stage-from", args.two_stage_from, "--two-stage-epochs", str(args.steps // args.chunk)]
     else:
-        common += ["--start-from", args.fork, "--epochs", str(WARMUP_EPOCHS + args.steps // args.chunk)]
+        common += ["--start-from", args.fork, "--epochs", str(forked_epochs + args.steps // args.chunk)]
     return {
         name: [sys.executable, str(polymnist_protocol.EXAMPLE), *common, *shlex.split(SETTINGS[name]),
                "--out", str(Path(args.out) / name)]
@@ -103,7 +115,7 @@ def report(
         row = {"setting": name, "change": SETTINGS[name] or "(none)"}
         row.update({f"gap@{s}": g for s, g in curves[name]})
         row.update({
-            "f+": last.get("f_positive"), "f-": last.get("f_negative"),
+            "f+": last.get("f_positive"), "f-": last.get("f_negative"), "penalty_gap": last.get("penalty_gap"),
             "gap_end": result.get("energy_overlap", {}).get("gap"),
             "probe": summary.get("probe_all"), "joint": summary.get("joint"),
             "top_digit": summary.get("joint_top_digit"), "ceiling": summary.get("ceiling"),
@@ -138,8 +150,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("give one of --fork (joint training) and --two-stage-from (the prior alone)")
     if args.fork is not None and not Path(args.fork).is_file():
         raise SystemExit(f"--fork {args.fork}: no such checkpoint (the Laplace run's checkpoint_epoch2.pt)")
-    command_lines = commands(args)
-    epochs = args.steps // args.chunk + (0 if args.two_stage_from else WARMUP_EPOCHS)
+    forked_epochs = 0 if args.two_stage_from else fork_epochs(args.fork)
+    command_lines = commands(args, forked_epochs)
+    epochs = args.steps // args.chunk + forked_epochs
     codes = polymnist_protocol.schedule(
         command_lines, out, parallel=args.parallel, resume=args.resume, epochs=dict.fromkeys(command_lines, epochs)
     )
@@ -159,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk", type=int, default=250, help="steps per epoch (a checkpoint and a gap point)")
     polymnist_protocol.add_run_arguments(parser, batch_size=32, eval_size=1000)
     parser.add_argument("--max-source-size", type=int, help="largest source subset for cross coherence (default: all)")
+    parser.add_argument("--run-options", default="", help="extra options of every run, e.g. '--private-latent-dim 32'")
     return parser
 
 
