@@ -7,8 +7,11 @@ samples with ``K`` = each of ``--steps`` (the step size of the run's sampler, or
 and reports, per sampler:
 
 - ``f_mean``: ``E[f_α(z)]`` on its samples, and ``gap``: ``E_q[f_α] − E[f_α]`` with ``q`` the
-  aggregate posterior (a posterior draw of each test tuple, one expert at random): a sampler that
-  reaches the learned prior closes most of it (maximum likelihood makes the two expectations equal);
+  aggregate posterior (a posterior draw of each test tuple, one expert at random), and
+  ``penalty_gap``: ``2λ (E_q[f²] + E[f²])``, the gap that the magnitude penalty ``λ`` of training
+  sustains (:func:`pyro_mmebm.ebm.penalty_gap`). Training stops where the two are equal, so at the
+  trained sampler a gap equal to the penalty gap is the penalty's equilibrium, not chains that fall
+  behind; without a penalty, maximum likelihood makes the two expectations equal;
 - ``joint``: joint coherence of the samples decoded to every modality, beside the aggregate
   posterior's (the ceiling) and ``p0``'s (``K = 0``), and ``top_digit``, the most common digit's
   share of the coherent samples (near 1: the coherence is one blurred class, not generation);
@@ -37,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from pyro_mmebm.data import strided_subset
 from pyro_mmebm.diagnostics.figures import plot_energy_histograms
-from pyro_mmebm.ebm import EnergyBasedPrior
+from pyro_mmebm.ebm import EnergyBasedPrior, penalty_gap
 from pyro_mmebm.evaluation.coherence import (
     aggregate_posterior_coherence,
     format_table,
@@ -88,9 +91,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     trained = model.prior.config
     results["trained_sampler"] = dataclasses.asdict(trained.langevin)
     with torch.no_grad():
-        f_posterior = float(energy(posterior).mean())
+        f_on_posterior = energy(posterior)
+    f_posterior, f2_posterior = float(f_on_posterior.mean()), float(f_on_posterior.square().mean())
     rows = [{"sampler": "aggregate posterior q(z)", "K": None, "s": None, "f_mean": f_posterior, "gap": 0.0,
-             "joint": ceiling, "top_digit": None, "s_per_1000": None}]
+             "penalty_gap": None, "joint": ceiling, "top_digit": None, "s_per_1000": None}]
     histograms = {"posterior q(z|X)": posterior}
     step_sizes = args.step_sizes or [trained.langevin.step_size]
     for step_size in step_sizes:
@@ -104,10 +108,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             z = model.prior().sample((args.samples,))
             seconds = time.perf_counter() - started
             with torch.no_grad():
-                f_mean = float(energy(z).mean())
+                f_samples = energy(z)
+            f_mean = float(f_samples.mean())
+            # the gap the magnitude penalty sustains against these samples (at the trained sampler,
+            # the training gap's equilibrium; see pyro_mmebm.ebm.monitoring)
+            sustained = penalty_gap(trained.regularisation, f2_posterior, float(f_samples.square().mean()))
             label = "p0" if steps == 0 else f"Langevin K={steps}, s={step_size:g}"
             rows.append({"sampler": label, "K": steps, "s": step_size if steps else None, "f_mean": f_mean,
-                         "gap": f_posterior - f_mean,
+                         "gap": f_posterior - f_mean, "penalty_gap": sustained,
                          **coherence_of_samples(model, classifiers, args.samples, device, args.seed),
                          "s_per_1000": 1000 * seconds / args.samples})
             if steps == 0 or step_size == step_sizes[0]:
