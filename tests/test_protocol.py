@@ -1,5 +1,6 @@
 """The protocol's scheduler: an EBM run starts from its Laplace run's warm-up checkpoint instead of
-repeating the warm-up, and runs it itself when that checkpoint cannot be had."""
+repeating the warm-up, and runs it itself when that checkpoint cannot be had; recipe variants fork
+from any checkpoint past the warm-up."""
 
 import json
 import sys
@@ -12,6 +13,7 @@ import torch
 from pyro_mmebm.checkpoint import read_checkpoint, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import ebm_recipe  # noqa: E402
 import polymnist_protocol  # noqa: E402
 
 # A stand-in for a Laplace run of `examples/polymnist.py`: four epochs of a second, each ending as `fit`
@@ -91,3 +93,20 @@ def test_keep_warmup_checkpoint_only_at_that_epoch(tmp_path, epochs_done):
     (tmp_path / "metrics.json").write_text(json.dumps(history))
     assert polymnist_protocol.keep_warmup_checkpoint(tmp_path, 2) is None
     assert not list(tmp_path.glob("checkpoint_epoch*"))
+
+
+def test_recipe_forks_continue_after_the_checkpoints_epochs(tmp_path):
+    save_checkpoint(tmp_path / "early", {"model": torch.nn.Linear(1, 1)}, None, epoch=0, history=[{"epoch": 0}])
+    with pytest.raises(SystemExit, match="inside the recipe's 2-epoch warm-up"):
+        ebm_recipe.fork_epochs(str(tmp_path / "early" / "checkpoint.pt"))
+    history = [{"epoch": e} for e in range(4)]
+    save_checkpoint(tmp_path / "late", {"model": torch.nn.Linear(1, 1)}, None, epoch=3, history=history)
+    fork = str(tmp_path / "late" / "checkpoint.pt")
+    assert ebm_recipe.fork_epochs(fork) == 4
+    args = ebm_recipe.build_parser().parse_args(
+        ["--fork", fork, "--out", str(tmp_path / "out"), "--settings", "today", "--steps", "500", "--chunk", "250",
+         "--run-options", "--private-latent-dim 32"]
+    )
+    (command,) = ebm_recipe.commands(args, ebm_recipe.fork_epochs(fork)).values()
+    assert command[command.index("--epochs") + 1] == "6"  # 4 forked + 500 steps in chunks of 250
+    assert command[command.index("--private-latent-dim") + 1] == "32"
