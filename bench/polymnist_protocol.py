@@ -40,6 +40,7 @@ from typing import Any, Optional
 
 from matplotlib.figure import Figure
 
+from pyro_mmebm.atomic import atomic_path
 from pyro_mmebm.checkpoint import CHECKPOINT_NAME, CheckpointError, read_checkpoint
 from pyro_mmebm.evaluation.coherence import format_table, save_results_json
 from pyro_mmebm.experiment import RESULTS_NAME, summary_row
@@ -130,17 +131,19 @@ def keep_warmup_checkpoint(run: Path, epochs: int) -> Optional[Path]:
     metrics = run / METRICS_NAME
     if not metrics.is_file() or len(json.loads(metrics.read_text())) != epochs:
         return None  # the checkpoint is written before the metrics: with `epochs` of them it is epoch `epochs`
-    partial = kept.with_suffix(".partial")
-    shutil.copyfile(run / CHECKPOINT_NAME, partial)  # written by rename: the copy is one whole file
     try:
-        stored_epoch = read_checkpoint(partial)["epoch"]
+        with atomic_path(kept) as copy:  # the source is written by rename: the copy is one whole file
+            shutil.copyfile(run / CHECKPOINT_NAME, copy)
+            if read_checkpoint(copy)["epoch"] != epochs - 1:
+                raise CheckpointError(f"{run} finished another epoch while its checkpoint was copied")
     except CheckpointError:
-        stored_epoch = None
-    if stored_epoch != epochs - 1:  # the run finished another epoch meanwhile
-        partial.unlink()
         return None
-    partial.replace(kept)
     return kept
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds files of a run (started, perhaps unfinished)."""
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def finished(out: Path, name: str, epochs: Optional[int] = None) -> bool:
@@ -177,16 +180,16 @@ def schedule(
     def fork_point(name: str) -> tuple[bool, Optional[Path]]:
         """``(wait, checkpoint to start from)`` for a run that has not started yet."""
         source = FORKS_FROM.get(name)
-        if not fork_after or source is None or ((out / name).is_dir() and any((out / name).iterdir())):
+        if not fork_after or source is None or holds_run(out / name):
             return False, None
-        kept = keep_warmup_checkpoint(out / source, fork_after)
-        if kept is not None:
+        kept = warmup_checkpoint(out / source, fork_after)
+        if kept.is_file():
             return False, kept
         return source in pending or source in running, None
 
     while pending or running:
         for name in running:  # keep each forking source's warm-up checkpoint while it is current
-            if any(FORKS_FROM.get(other) == name for other in pending) and fork_after:
+            if fork_after and any(FORKS_FROM.get(other) == name for other in pending):
                 keep_warmup_checkpoint(out / name, fork_after)
         for name in list(pending):
             dependency = DEPENDS_ON.get(name)
@@ -204,7 +207,7 @@ def schedule(
                 command = list(commands[name])
                 if start_from is not None:
                     command += ["--start-from", str(start_from)]
-                elif (out / name).is_dir() and any((out / name).iterdir()):
+                elif holds_run(out / name):
                     if not resume:
                         raise SystemExit(f"{out / name} holds an unfinished run: rerun with --resume to continue it")
                     command.append("--resume")
