@@ -6,7 +6,8 @@ Runs, each as its own process with one thread (two side by side on a 2-core mach
 1. ``laplace``: MMVAE (mixture-of-experts guide, Laplace prior);
 2. ``ebm``: the paper's method, the EBM prior trained jointly (the library's default recipe);
 3. ``two_stage``: an EBM prior fitted to the aggregate posterior of the finished ``laplace`` run;
-4. with ``--private``, ``laplace_private`` and ``ebm_private`` (MMVAE+-style private latents, "Ours+").
+4. with ``--private``, ``laplace_private``, ``ebm_private`` and ``two_stage_private``: the same three
+   with MMVAE+-style private latents ("Ours+"; the two-stage prior fitted to ``laplace_private``).
 
 An EBM run warms up with the base prior for ``--ebm-warmup-epochs W`` epochs, and in those it repeats
 its Laplace counterpart exactly (same seed, same losses). So it does not pay for them: it waits for
@@ -99,11 +100,15 @@ def run_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         private = ["--private-latent-dim", str(args.latent_dim)]
         commands["laplace_private"] = ["--prior", "laplace", *private, "--out", str(out / "laplace_private")]
         commands["ebm_private"] = ["--prior", "ebm", *common_ebm, *private, "--out", str(out / "ebm_private")]
+        commands["two_stage_private"] = [  # the networks, private latents included, are the first stage's
+            "--prior", "ebm", *common_ebm, "--two-stage-from", str(out / "laplace_private"), "--two-stage-epochs",
+            str(args.two_stage_epochs), "--out", str(out / "two_stage_private"),
+        ]
     return {name: [sys.executable, str(EXAMPLE), *common, *extra] for name, extra in commands.items()}
 
 
-DEPENDS_ON = {"two_stage": "laplace"}
-"""A run that starts only when another has finished."""
+DEPENDS_ON = {"two_stage": "laplace", "two_stage_private": "laplace_private"}
+"""A two-stage run and the Laplace run it starts from, once that has finished."""
 
 FORKS_FROM = {"ebm": "laplace", "ebm_private": "laplace_private"}
 """An EBM run and the Laplace run whose warm-up epochs it repeats exactly (see the module docstring)."""
@@ -260,7 +265,7 @@ def plot_energy_gaps(out: Path, names: list[str]) -> Optional[Path]:
 def report(commands: dict[str, list[str]], out: Path) -> dict[str, Any]:
     """The table of every finished run, written as ``protocol.md`` and ``protocol.json``."""
     results = {name: json.loads((out / name / RESULTS_NAME).read_text()) for name in commands if finished(out, name)}
-    baseline = {"ebm": "laplace", "two_stage": "laplace", "ebm_private": "laplace_private"}
+    baseline = {**FORKS_FROM, **DEPENDS_ON}  # each EBM run's Laplace counterpart
     rows = []
     for name, result in results.items():
         row = summary_row(name, result)
@@ -302,7 +307,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     commands = run_commands(args)
     if args.runs:
         commands = {name: commands[name] for name in args.runs}
-    epochs = {name: args.two_stage_epochs if name == "two_stage" else args.epochs for name in commands}
+    epochs = {name: args.two_stage_epochs if name in DEPENDS_ON else args.epochs for name in commands}
     fork_after = 0 if args.no_fork else warmup_epochs(args.ebm_options)
     codes = schedule(commands, out, parallel=args.parallel, resume=args.resume, epochs=epochs, fork_after=fork_after)
     failed = {name: code for name, code in codes.items() if code != 0}

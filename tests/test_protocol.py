@@ -110,3 +110,12 @@ def test_recipe_forks_continue_after_the_checkpoints_epochs(tmp_path):
     (command,) = ebm_recipe.commands(args, ebm_recipe.fork_epochs(fork)).values()
     assert command[command.index("--epochs") + 1] == "6"  # 4 forked + 500 steps in chunks of 250
     assert command[command.index("--private-latent-dim") + 1] == "32"
+
+
+def test_private_two_stage_run_fits_the_private_laplace_run(tmp_path):
+    args = polymnist_protocol.build_parser().parse_args(["--out", str(tmp_path), "--private", "--ebm-options", "--prior-lr 2e-5"])
+    commands = polymnist_protocol.run_commands(args)
+    command = commands["two_stage_private"]
+    assert command[command.index("--two-stage-from") + 1] == str(tmp_path / "laplace_private")
+    assert "--prior-lr" in command and "--private-latent-dim" not in command  # the networks are the first stage's
+    assert polymnist_protocol.DEPENDS_ON["two_stage_private"] == "laplace_private"
