@@ -257,6 +257,26 @@ def test_aggregate_posterior_coherence_is_one_for_a_coherent_model_and_chance_fo
     assert abs(ceiling - 0.01) < binomial_tolerance(0.01, n)  # three independent digits agree w.p. 1/100
 
 
+class DigitInPrivateLatents(FakeModel):
+    """Private latents that carry the digit: reconstruction (``cross_generate`` with every modality
+    given) draws each ``w_i ~ q(w_i | x_i)`` and renders ``x_i``'s digit; ``decode(z)`` draws ``w_j`` from
+    the prior and renders noise, as ``z`` carries no digit."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        super().__init__(shapes, coherent=False)
+
+    def cross_generate(self, guide: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {name: render(read(batch[name]), shape) for name, shape in self.shapes.items()}
+
+
+def test_aggregate_posterior_coherence_decodes_with_private_latents_from_their_prior():
+    """The ceiling of a prior of ``z``: a digit carried by ``q(w | x)`` must not count."""
+    n = 5000
+    model = DigitInPrivateLatents(SHAPES)
+    ceiling = aggregate_posterior_coherence(model, FakeGuide(list(SHAPES)), CLASSIFIERS, loader(SHAPES, n))
+    assert abs(ceiling - 0.01) < binomial_tolerance(0.01, n)
+
+
 @pytest.mark.parametrize(
     "entry", ["cross_coherence", "aggregate_posterior_coherence", "linear_probe_accuracy", "save_cross_grid"]
 )

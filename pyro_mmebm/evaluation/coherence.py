@@ -240,9 +240,11 @@ def aggregate_posterior_coherence(
     Joint coherence decodes ``z ~ p(z)``. A prior equal to the aggregate posterior
     ``q(z) = E_data[q(z | X)]`` would draw, in effect, a data tuple and then ``z ~ q(z | X)``; here,
     for every tuple of ``loader``, one such ``z`` (one expert, uniformly at random:
-    :func:`generate_from`) is decoded to every modality, and counts when all classifiers agree. A
-    perfect prior reaches this number; the gap from a Laplace prior's joint coherence to it is what
-    a learned prior can close.
+    :func:`sample_mixture`) is decoded to every modality as generation decodes a prior sample
+    (``model.decode``: a model with private latents draws each ``w_j`` from its prior, not from
+    ``q(w_j | x_j)``, which would carry the tuple's digit past ``z``), and counts when all classifiers
+    agree. A perfect prior of ``z`` reaches this number; the gap from a Laplace prior's joint coherence
+    to it is what a learned prior can close.
     """
     if len(classifiers) < 2:
         raise ValueError(f"joint coherence needs classifiers for two modalities or more, got {sorted(classifiers)}")
@@ -250,7 +252,8 @@ def aggregate_posterior_coherence(
     agree = total = 0
     with _eval_mode(model, guide, *classifiers.values()), torch.no_grad():
         for batch, _ in _batches(loader, num_batches, device):
-            generated = generate_from(model, guide, {name: batch[name] for name in model.modalities})
+            z = sample_mixture(guide.posterior({name: batch[name] for name in model.modalities}))
+            generated = model.decode(z)
             labels = torch.stack([_predict(c, generated[name].to(device)) for name, c in classifiers.items()])
             agree += int((labels == labels[0]).all(0).sum())
             total += labels.shape[1]
