@@ -236,14 +236,14 @@ def gap_closed(joint: Optional[float], baseline: Optional[float], ceiling: Optio
     return (joint - baseline) / (ceiling - baseline)
 
 
-def plot_energy_gaps(out: Path, names: list[str]) -> Optional[Path]:
-    """The per-epoch energy gap ``E_q[f] − E_p[f]`` of each EBM run (of the prior fit, for a two-stage
-    run), saved as ``<out>/energy_gap.png``."""
+def plot_energy_gaps(runs: dict[str, Path], path: Path) -> Optional[Path]:
+    """The per-epoch energy gap ``E_q[f] − E_p[f]`` of each EBM run folder, by label (of the prior fit,
+    for a two-stage run), saved at ``path``; ``None`` when no run has one."""
     figure = Figure(figsize=(5.5, 3.2), layout="constrained")
     ax = figure.subplots()
     plotted = False
-    for name in names:
-        found = [out / name / file for file in (METRICS_NAME, TWO_STAGE_METRICS_NAME) if (out / name / file).is_file()]
+    for name, folder in runs.items():
+        found = [folder / file for file in (METRICS_NAME, TWO_STAGE_METRICS_NAME) if (folder / file).is_file()]
         if not found:
             continue
         history = json.loads(found[0].read_text())
@@ -257,7 +257,6 @@ def plot_energy_gaps(out: Path, names: list[str]) -> Optional[Path]:
     ax.set_xlabel("epoch")
     ax.set_ylabel(r"$E_q[f] - E_{p_\alpha}[f]$ (epoch mean)")
     ax.legend()
-    path = out / "energy_gap.png"
     figure.savefig(path, dpi=120)
     return path
 
@@ -296,7 +295,7 @@ def report(commands: dict[str, list[str]], out: Path) -> dict[str, Any]:
     (out / "protocol.md").write_text(table)
     summary = {"rows": rows, "classifier_accuracy": accuracies, "commands": {n: commands[n][1:] for n in results}}
     save_results_json(summary, out / "protocol.json")
-    plot_energy_gaps(out, [name for name in results if "ebm" in name or "two_stage" in name])
+    plot_energy_gaps({name: out / name for name in results if name in baseline}, out / "energy_gap.png")
     print(table)
     return summary
 
