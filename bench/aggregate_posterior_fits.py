@@ -1,0 +1,153 @@
+"""How much of the aggregate posterior must a prior capture to generate coherently? Density fits of
+``q(z)`` of a trained run, used as priors.
+
+The aggregate posterior ``q(z) = E_data[q(z | X)]`` of a trained run generates at its ceiling (a
+posterior draw of a data tuple, decoded to every modality). A learned prior closes the gap from the
+base prior ``p0`` to that ceiling only as far as it captures what makes ``q(z)`` coherent. This script
+draws ``z ~ q(z | X)`` for ``--train-size`` strided training tuples (one expert at random, as
+:func:`~pyro_mmebm.evaluation.aggregate_posterior_coherence` does) and fits, from coarse to fine:
+
+- a Gaussian with their mean and full covariance;
+- mixtures of ``k`` diagonal Gaussians for each ``k`` of ``--components`` (Lloyd's k-means on the
+  draws, each cluster's weight, mean and per-dimension spread);
+
+then decodes ``--samples`` draws of each, and of ``p0`` and of held-out ``q(z)`` draws, to every
+modality (private latents from their prior, as generation does) and reports the joint coherence and
+the most common digit's share of the coherent samples. If only fits with about as many components as
+draws approach the ceiling, the coherent mass of ``q(z)`` lies in regions too thin for a smooth density
+of ``z`` to put its mass on, which is what an energy-based prior has to learn.
+
+    OMP_NUM_THREADS=1 python bench/aggregate_posterior_fits.py --run ../runs/protocol/laplace_private \\
+        --modalities m1 m2 m3 --out bench/results/aggregate_posterior_fits
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from pyro_mmebm.data import strided_subset
+from pyro_mmebm.evaluation.coherence import (
+    format_table,
+    generated_digit_counts,
+    joint_coherence_of,
+    sample_mixture,
+    save_results_json,
+)
+from pyro_mmebm.experiment import load_run
+from pyro_mmebm.experiment.evaluation import load_classifiers
+
+
+def posterior_draws(guide, dataset, size: int, device: torch.device) -> Tensor:
+    """One draw ``z ~ q(z | X)`` (one expert at random) per strided tuple, ``(size, d)``."""
+    draws = []
+    with torch.no_grad():
+        for batch, _ in DataLoader(strided_subset(dataset, size), batch_size=500):
+            draws.append(sample_mixture(guide.posterior({n: x.to(device) for n, x in batch.items()})).cpu())
+    return torch.cat(draws)
+
+
+def kmeans(z: Tensor, k: int, iterations: int = 30) -> Tensor:
+    """Lloyd's algorithm from ``k`` random draws: the cluster of each row of ``z``."""
+    centres = z[torch.randperm(len(z))[:k]].clone()
+    for _ in range(iterations):
+        assignment = torch.cdist(z, centres).argmin(1)
+        counts = torch.bincount(assignment, minlength=k).clamp(min=1).unsqueeze(1)
+        sums = torch.zeros_like(centres).index_add_(0, assignment, z)
+        occupied = torch.bincount(assignment, minlength=k) > 0
+        centres = torch.where(occupied.unsqueeze(1), sums / counts, centres)
+    return torch.cdist(z, centres).argmin(1)
+
+
+def diagonal_mixture_samples(z: Tensor, k: int, num_samples: int) -> Tensor:
+    """Samples of a mixture of ``k`` diagonal Gaussians fitted to ``z`` by k-means: a cluster by its
+    share of the draws, then its mean plus its per-dimension spread times standard normal noise."""
+    assignment = kmeans(z, k)
+    counts = torch.bincount(assignment, minlength=k)
+    means = torch.zeros(k, z.shape[1]).index_add_(0, assignment, z) / counts.clamp(min=1).unsqueeze(1)
+    squares = torch.zeros(k, z.shape[1]).index_add_(0, assignment, (z - means[assignment]) ** 2)
+    spreads = (squares / (counts - 1).clamp(min=1).unsqueeze(1)).sqrt()
+    picked = torch.multinomial(counts.float(), num_samples, replacement=True)
+    return means[picked] + spreads[picked] * torch.randn(num_samples, z.shape[1])
+
+
+def coherence_of(model, classifiers, z: Tensor, device: torch.device, batch_size: int = 250) -> dict[str, float]:
+    """Joint coherence of latents ``z`` decoded as generation decodes them, and the top digit's share."""
+    labels: dict[str, list[Tensor]] = {name: [] for name in classifiers}
+    with torch.no_grad():
+        for chunk in z.split(batch_size):
+            means = model.decode(chunk.to(device))
+            for name, classifier in classifiers.items():
+                labels[name].append(classifier(means[name].to(device)).argmax(-1).cpu())
+    joined = {name: torch.cat(parts) for name, parts in labels.items()}
+    return {"joint": joint_coherence_of(joined), "top_digit": generated_digit_counts(joined)["top_share"]}
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config, model, guide, train_set, test_set = load_run(args.run, device)
+    classifiers, _ = load_classifiers(config, train_set, test_set, device, progress=False)
+    if args.modalities:
+        unknown = sorted(set(args.modalities) - set(classifiers))
+        if unknown:
+            raise SystemExit(f"--modalities {unknown}: the run's modalities with classifiers are {sorted(classifiers)}")
+        classifiers = {name: classifiers[name] for name in args.modalities}
+    for classifier in classifiers.values():
+        classifier.eval()
+    if args.train_size + args.samples > len(train_set):
+        raise SystemExit(f"--train-size + --samples exceed the {len(train_set)} training tuples")
+    torch.manual_seed(args.seed)
+    draws = posterior_draws(guide, train_set, args.train_size + args.samples, device)
+    draws = draws[torch.randperm(len(draws))]
+    fitted, held_out = draws[: args.train_size], draws[args.train_size :]
+    n = args.samples
+    samplers: dict[str, Any] = {
+        "p0 = Laplace(0, I)": lambda: torch.distributions.Laplace(0.0, 1.0).sample((n, fitted.shape[1])),
+        "q(z), held-out draws": lambda: held_out,
+        "Gaussian, full covariance": lambda: torch.distributions.MultivariateNormal(
+            fitted.mean(0), torch.cov(fitted.T)).sample((n,)),
+        **{f"{k} diagonal Gaussians (k-means)": (lambda k=k: diagonal_mixture_samples(fitted, k, n))
+           for k in args.components},
+    }
+    rows = []
+    for name, sample in samplers.items():
+        torch.manual_seed(args.seed)
+        rows.append({"sampler": name, **coherence_of(model, classifiers, sample(), device)})
+        print(format_table(rows[-1:]), flush=True)
+    spread = fitted.std(0)
+    results = {
+        "run": str(args.run), "modalities": list(classifiers), "train_size": args.train_size, "samples": n,
+        "q_z_std_per_dimension": {"median": spread.median().item(), "min": spread.min().item(), "max": spread.max().item()},
+        "rows": rows,
+    }
+    out = Path(args.out or Path(args.run) / "aggregate_posterior_fits")
+    out.mkdir(parents=True, exist_ok=True)
+    save_results_json(results, out / "aggregate_posterior_fits.json")
+    table = format_table(rows, float_format="{:.3g}")
+    (out / "aggregate_posterior_fits.md").write_text(table + "\n")
+    print(table)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a trained run's folder (experiment.json, checkpoint.pt)")
+    parser.add_argument("--out", help="default: RUN/aggregate_posterior_fits")
+    parser.add_argument("--train-size", type=int, default=20000, help="posterior draws the densities are fitted to")
+    parser.add_argument("--samples", type=int, default=2000, help="samples decoded per sampler")
+    parser.add_argument("--components", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--modalities", nargs="+", help="joint coherence over these modalities only (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
