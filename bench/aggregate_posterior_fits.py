@@ -8,8 +8,10 @@ draws ``z ~ q(z | X)`` for ``--train-size`` strided training tuples (one expert 
 :func:`~pyro_mmebm.evaluation.aggregate_posterior_coherence` does) and fits, from coarse to fine:
 
 - a Gaussian with their mean and full covariance;
-- mixtures of ``k`` diagonal Gaussians for each ``k`` of ``--components`` (Lloyd's k-means on the
-  draws, each cluster's weight, mean and per-dimension spread);
+- mixtures of ``k`` diagonal Gaussians for each ``k`` of ``--components``: each cluster's weight, mean
+  and per-dimension spread of the draws, clustered by Lloyd's k-means either on the draws or on the
+  means of the experts they were drawn from (dimensions that carry nothing have posterior spread but
+  no spread of means, so they do not blur the clusters there);
 
 then decodes ``--samples`` draws of each, and of ``p0`` and of held-out ``q(z)`` draws, to every
 modality (private latents from their prior, as generation does) and reports the joint coherence and
@@ -32,42 +34,48 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pyro_mmebm.data import strided_subset
+from pyro_mmebm.distributions import StratifiedMixtureOfExperts
 from pyro_mmebm.evaluation.coherence import (
     format_table,
     generated_digit_counts,
     joint_coherence_of,
-    sample_mixture,
     save_results_json,
 )
 from pyro_mmebm.experiment import load_run
 from pyro_mmebm.experiment.evaluation import load_classifiers
 
 
-def posterior_draws(guide, dataset, size: int, device: torch.device) -> Tensor:
-    """One draw ``z ~ q(z | X)`` (one expert at random) per strided tuple, ``(size, d)``."""
-    draws = []
+def posterior_draws(guide, dataset, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """One draw ``z ~ q(z | X)`` per strided tuple, from one expert picked uniformly at random, and that
+    expert's mean: ``(size, d)`` each."""
+    draws, means = [], []
     with torch.no_grad():
         for batch, _ in DataLoader(strided_subset(dataset, size), batch_size=500):
-            draws.append(sample_mixture(guide.posterior({n: x.to(device) for n, x in batch.items()})).cpu())
-    return torch.cat(draws)
+            posterior = guide.posterior({n: x.to(device) for n, x in batch.items()})
+            if not isinstance(posterior, StratifiedMixtureOfExperts):
+                raise SystemExit(f"the run's guide gives a {type(posterior).__name__}; this script needs a mixture of experts")
+            picked = torch.randint(posterior.num_experts, (posterior.batch_shape[1],), device=device)
+            examples = torch.arange(len(picked), device=device)
+            draws.append(posterior.experts.sample()[picked, examples].cpu())
+            means.append(posterior.experts.mean[picked, examples].cpu())
+    return torch.cat(draws), torch.cat(means)
 
 
-def kmeans(z: Tensor, k: int, iterations: int = 30) -> Tensor:
-    """Lloyd's algorithm from ``k`` random draws: the cluster of each row of ``z``."""
-    centres = z[torch.randperm(len(z))[:k]].clone()
+def kmeans(points: Tensor, k: int, iterations: int = 30) -> Tensor:
+    """Lloyd's algorithm from ``k`` random points: the cluster of each row of ``points``."""
+    centres = points[torch.randperm(len(points))[:k]].clone()
     for _ in range(iterations):
-        assignment = torch.cdist(z, centres).argmin(1)
-        counts = torch.bincount(assignment, minlength=k).clamp(min=1).unsqueeze(1)
-        sums = torch.zeros_like(centres).index_add_(0, assignment, z)
-        occupied = torch.bincount(assignment, minlength=k) > 0
-        centres = torch.where(occupied.unsqueeze(1), sums / counts, centres)
-    return torch.cdist(z, centres).argmin(1)
+        assignment = torch.cdist(points, centres).argmin(1)
+        counts = torch.bincount(assignment, minlength=k)
+        sums = torch.zeros_like(centres).index_add_(0, assignment, points)
+        centres = torch.where((counts > 0).unsqueeze(1), sums / counts.clamp(min=1).unsqueeze(1), centres)
+    return torch.cdist(points, centres).argmin(1)
 
 
-def diagonal_mixture_samples(z: Tensor, k: int, num_samples: int) -> Tensor:
-    """Samples of a mixture of ``k`` diagonal Gaussians fitted to ``z`` by k-means: a cluster by its
-    share of the draws, then its mean plus its per-dimension spread times standard normal noise."""
-    assignment = kmeans(z, k)
+def diagonal_mixture_samples(z: Tensor, assignment: Tensor, num_samples: int) -> Tensor:
+    """Samples of the mixture of diagonal Gaussians of the clusters ``assignment`` of ``z``: a cluster by
+    its share of the rows, then its mean plus its per-dimension spread times standard normal noise."""
+    k = int(assignment.max()) + 1
     counts = torch.bincount(assignment, minlength=k)
     means = torch.zeros(k, z.shape[1]).index_add_(0, assignment, z) / counts.clamp(min=1).unsqueeze(1)
     squares = torch.zeros(k, z.shape[1]).index_add_(0, assignment, (z - means[assignment]) ** 2)
@@ -103,27 +111,29 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.train_size + args.samples > len(train_set):
         raise SystemExit(f"--train-size + --samples exceed the {len(train_set)} training tuples")
     torch.manual_seed(args.seed)
-    draws = posterior_draws(guide, train_set, args.train_size + args.samples, device)
-    draws = draws[torch.randperm(len(draws))]
-    fitted, held_out = draws[: args.train_size], draws[args.train_size :]
+    draws, means = posterior_draws(guide, train_set, args.train_size + args.samples, device)
+    order = torch.randperm(len(draws))
+    fitted, held_out, fitted_means = draws[order[: args.train_size]], draws[order[args.train_size :]], means[order[: args.train_size]]
     n = args.samples
     samplers: dict[str, Any] = {
         "p0 = Laplace(0, I)": lambda: torch.distributions.Laplace(0.0, 1.0).sample((n, fitted.shape[1])),
         "q(z), held-out draws": lambda: held_out,
         "Gaussian, full covariance": lambda: torch.distributions.MultivariateNormal(
             fitted.mean(0), torch.cov(fitted.T)).sample((n,)),
-        **{f"{k} diagonal Gaussians (k-means)": (lambda k=k: diagonal_mixture_samples(fitted, k, n))
+        **{f"{k} diagonal Gaussians, k-means on draws": (lambda k=k: diagonal_mixture_samples(fitted, kmeans(fitted, k), n))
            for k in args.components},
+        **{f"{k} diagonal Gaussians, k-means on experts' means": (
+            lambda k=k: diagonal_mixture_samples(fitted, kmeans(fitted_means, k), n)) for k in args.components},
     }
     rows = []
     for name, sample in samplers.items():
         torch.manual_seed(args.seed)
         rows.append({"sampler": name, **coherence_of(model, classifiers, sample(), device)})
         print(format_table(rows[-1:]), flush=True)
-    spread = fitted.std(0)
     results = {
         "run": str(args.run), "modalities": list(classifiers), "train_size": args.train_size, "samples": n,
-        "q_z_std_per_dimension": {"median": spread.median().item(), "min": spread.min().item(), "max": spread.max().item()},
+        "q_z_std_per_dimension": fitted.std(0).tolist(),
+        "experts_means_std_per_dimension": fitted_means.std(0).tolist(),
         "rows": rows,
     }
     out = Path(args.out or Path(args.run) / "aggregate_posterior_fits")

@@ -31,7 +31,7 @@ def test_diagonal_mixture_samples_have_the_clusters_weights_means_and_spreads():
     torch.manual_seed(0)
     z, _ = clusters([3000, 2000, 1000])
     n = 60000
-    samples = aggregate_posterior_fits.diagonal_mixture_samples(z, 3, n)
+    samples = aggregate_posterior_fits.diagonal_mixture_samples(z, aggregate_posterior_fits.kmeans(z, 3), n)
     nearest = torch.cdist(samples, CENTRES).argmin(1)
     weights = torch.bincount(nearest, minlength=3) / n
     # Binomial standard error of a weight is at most sqrt(0.25 / n) = 0.002; 5 of them.
