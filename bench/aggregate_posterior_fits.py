@@ -14,10 +14,13 @@ draws ``z ~ q(z | X)`` for ``--train-size`` strided training tuples (one expert 
   no spread of means, so they do not blur the clusters there);
 
 then decodes ``--samples`` draws of each, and of ``p0`` and of held-out ``q(z)`` draws, to every
-modality (private latents from their prior, as generation does) and reports the joint coherence and
-the most common digit's share of the coherent samples. If only fits with about as many components as
-draws approach the ceiling, the coherent mass of ``q(z)`` lies in regions too thin for a smooth density
-of ``z`` to put its mass on, which is what an energy-based prior has to learn.
+modality (private latents from their prior, as generation does), and reports the joint coherence and
+the most common digit's share of the coherent samples. Beside them: the spread per dimension of
+``q(z)``, of the experts' means and of the experts themselves, and how far apart two experts' means
+lie for the same tuple against two different tuples.
+
+The finer the fit must be to approach the ceiling, the more structure an energy-based prior has to
+learn, and the narrower the modes its Langevin sampler has to settle in.
 
     OMP_NUM_THREADS=1 python bench/aggregate_posterior_fits.py --run ../runs/protocol/laplace_private \\
         --modalities m1 m2 m3 --out bench/results/aggregate_posterior_fits
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -45,10 +48,20 @@ from pyro_mmebm.experiment import load_run
 from pyro_mmebm.experiment.evaluation import load_classifiers
 
 
-def posterior_draws(guide, dataset, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """One draw ``z ~ q(z | X)`` per strided tuple, from one expert picked uniformly at random, and that
-    expert's mean: ``(size, d)`` each."""
-    draws, means = [], []
+class PosteriorDraws(NamedTuple):
+    """One draw per tuple and its expert's mean and standard deviation, ``(size, d)`` each, and the mean
+    distance between two experts' means of the same tuple and of two different tuples."""
+
+    draws: Tensor
+    means: Tensor
+    stddevs: Tensor
+    experts_distance_same_tuple: float
+    experts_distance_other_tuple: float
+
+
+def posterior_draws(guide, dataset, size: int, device: torch.device) -> PosteriorDraws:
+    """One draw ``z ~ q(z | X)`` per strided tuple, from one expert picked uniformly at random."""
+    draws, means, stddevs, same, other = [], [], [], [], []
     with torch.no_grad():
         for batch, _ in DataLoader(strided_subset(dataset, size), batch_size=500):
             posterior = guide.posterior({n: x.to(device) for n, x in batch.items()})
@@ -57,8 +70,14 @@ def posterior_draws(guide, dataset, size: int, device: torch.device) -> tuple[Te
             picked = torch.randint(posterior.num_experts, (posterior.batch_shape[1],), device=device)
             examples = torch.arange(len(picked), device=device)
             draws.append(posterior.experts.sample()[picked, examples].cpu())
-            means.append(posterior.experts.mean[picked, examples].cpu())
-    return torch.cat(draws), torch.cat(means)
+            expert_means = posterior.experts.mean
+            means.append(expert_means[picked, examples].cpu())
+            stddevs.append(posterior.experts.stddev[picked, examples].cpu())
+            same.append((expert_means[0] - expert_means[1]).norm(dim=-1).cpu())
+            other.append((expert_means[0] - expert_means[1].roll(1, 0)).norm(dim=-1).cpu())
+    return PosteriorDraws(
+        torch.cat(draws), torch.cat(means), torch.cat(stddevs), torch.cat(same).mean().item(), torch.cat(other).mean().item()
+    )
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 30) -> Tensor:
@@ -111,9 +130,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.train_size + args.samples > len(train_set):
         raise SystemExit(f"--train-size + --samples exceed the {len(train_set)} training tuples")
     torch.manual_seed(args.seed)
-    draws, means = posterior_draws(guide, train_set, args.train_size + args.samples, device)
-    order = torch.randperm(len(draws))
-    fitted, held_out, fitted_means = draws[order[: args.train_size]], draws[order[args.train_size :]], means[order[: args.train_size]]
+    posterior = posterior_draws(guide, train_set, args.train_size + args.samples, device)
+    order = torch.randperm(len(posterior.draws))
+    fitted, held_out = posterior.draws[order[: args.train_size]], posterior.draws[order[args.train_size :]]
+    fitted_means = posterior.means[order[: args.train_size]]
     n = args.samples
     samplers: dict[str, Any] = {
         "p0 = Laplace(0, I)": lambda: torch.distributions.Laplace(0.0, 1.0).sample((n, fitted.shape[1])),
@@ -134,6 +154,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "run": str(args.run), "modalities": list(classifiers), "train_size": args.train_size, "samples": n,
         "q_z_std_per_dimension": fitted.std(0).tolist(),
         "experts_means_std_per_dimension": fitted_means.std(0).tolist(),
+        "experts_std_per_dimension_median": posterior.stddevs.median(0).values.tolist(),
+        "experts_distance_same_tuple": posterior.experts_distance_same_tuple,
+        "experts_distance_other_tuple": posterior.experts_distance_other_tuple,
         "rows": rows,
     }
     out = Path(args.out or Path(args.run) / "aggregate_posterior_fits")
