@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from pyro_mmebm.ebm import EnergyMLP
+
 
 def grid_1d(lo: float = -12.0, hi: float = 12.0, n: int = 24001) -> tuple[Tensor, float]:
     z = torch.linspace(lo, hi, n, dtype=torch.float64)
@@ -33,3 +35,15 @@ def log_normaliser(log_unnormalised: Callable[[Tensor], Tensor], points: Tensor,
 def weights(log_unnormalised: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
     with torch.no_grad():
         return torch.softmax(log_unnormalised(points), 0)
+
+
+def energy_output_biases(*modules: torch.nn.Module) -> set[int]:
+    """The ``id`` of the output bias of every :class:`~pyro_mmebm.ebm.EnergyMLP` in ``modules``.
+
+    A constant added to ``f_α`` cancels from the maximum-likelihood gradient ``E_q[∇f] − E_{p_α}[∇f]``
+    (``Z(α)`` absorbs it), so without a magnitude penalty (the default) that bias gets no gradient
+    and does not train.
+    """
+    return {
+        id(energy.net[-1].bias) for module in modules for energy in module.modules() if isinstance(energy, EnergyMLP)
+    }
