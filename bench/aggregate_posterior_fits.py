@@ -16,8 +16,8 @@ draws ``z ~ q(z | X)`` for ``--train-size`` strided training tuples (one expert 
 then decodes ``--samples`` draws of each, and of ``p0`` and of held-out ``q(z)`` draws, to every
 modality (private latents from their prior, as generation does), and reports the joint coherence and
 the most common digit's share of the coherent samples. Beside them: the spread per dimension of
-``q(z)``, of the experts' means and of the experts themselves, and how far apart two experts' means
-lie for the same tuple against two different tuples.
+``q(z)``, of the experts' means and of the experts themselves, and how far apart the first two
+experts' means lie for the same tuple against two different tuples.
 
 The finer the fit must be to approach the ceiling, the more structure an energy-based prior has to
 learn, and the narrower the modes its Langevin sampler has to settle in.
@@ -50,7 +50,8 @@ from pyro_mmebm.experiment.evaluation import load_classifiers
 
 class PosteriorDraws(NamedTuple):
     """One draw per tuple and its expert's mean and standard deviation, ``(size, d)`` each, and the mean
-    distance between two experts' means of the same tuple and of two different tuples."""
+    distance between the first two experts' means (the first two modalities') for the same tuple and
+    for two different tuples."""
 
     draws: Tensor
     means: Tensor
