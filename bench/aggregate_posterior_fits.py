@@ -42,10 +42,8 @@ from pyro_mmebm.evaluation.coherence import (
     format_table,
     generated_digit_counts,
     joint_coherence_of,
-    save_results_json,
 )
-from pyro_mmebm.experiment import load_run
-from pyro_mmebm.experiment.evaluation import load_classifiers
+from trained_run import add_analysis_arguments, load_run_with_classifiers, write_table
 
 
 class PosteriorDraws(NamedTuple):
@@ -117,15 +115,7 @@ def coherence_of(model, classifiers, z: Tensor, device: torch.device, batch_size
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    config, model, guide, train_set, test_set = load_run(args.run, device)
-    classifiers, _ = load_classifiers(config, train_set, test_set, device, progress=False)
-    if args.modalities:
-        unknown = sorted(set(args.modalities) - set(classifiers))
-        if unknown:
-            raise SystemExit(f"--modalities {unknown}: the run's modalities with classifiers are {sorted(classifiers)}")
-        classifiers = {name: classifiers[name] for name in args.modalities}
+    _, model, guide, train_set, _, classifiers, device = load_run_with_classifiers(args)
     for classifier in classifiers.values():
         classifier.eval()
     if args.train_size + args.samples > len(train_set):
@@ -158,15 +148,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "experts_std_per_dimension_median": posterior.stddevs.median(0).values.tolist(),
         "experts_distance_same_tuple": posterior.experts_distance_same_tuple,
         "experts_distance_other_tuple": posterior.experts_distance_other_tuple,
-        "rows": rows,
     }
     out = Path(args.out or Path(args.run) / "aggregate_posterior_fits")
     out.mkdir(parents=True, exist_ok=True)
-    save_results_json(results, out / "aggregate_posterior_fits.json")
-    table = format_table(rows, float_format="{:.3g}")
-    (out / "aggregate_posterior_fits.md").write_text(table + "\n")
-    print(table)
-    return results
+    return write_table(rows, results, out, "aggregate_posterior_fits")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,10 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-size", type=int, default=20000, help="posterior draws the densities are fitted to")
     parser.add_argument("--samples", type=int, default=2000, help="samples decoded per sampler")
     parser.add_argument("--components", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--modalities", nargs="+", help="joint coherence over these modalities only (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
+    add_analysis_arguments(parser)
     return parser
 
 

@@ -48,10 +48,8 @@ from pyro_mmebm.evaluation.coherence import (
     generated_labels,
     joint_coherence_of,
     sample_mixture,
-    save_results_json,
 )
-from pyro_mmebm.experiment import load_run
-from pyro_mmebm.experiment.evaluation import load_classifiers
+from trained_run import add_analysis_arguments, load_run_with_classifiers, write_table
 
 
 def coherence_of_samples(model, classifiers, num_samples: int, device: torch.device, seed: int) -> dict[str, Any]:
@@ -63,17 +61,9 @@ def coherence_of_samples(model, classifiers, num_samples: int, device: torch.dev
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    config, model, guide, train_set, test_set = load_run(args.run, device)
+    config, model, guide, train_set, test_set, classifiers, device = load_run_with_classifiers(args)
     out = Path(args.out or Path(args.run) / "generation_chains")
     out.mkdir(parents=True, exist_ok=True)
-    classifiers, _ = load_classifiers(config, train_set, test_set, device, progress=False)
-    if args.modalities:
-        unknown = sorted(set(args.modalities) - set(classifiers))
-        if unknown:
-            raise SystemExit(f"--modalities {unknown}: the run's modalities with classifiers are {sorted(classifiers)}")
-        classifiers = {name: classifiers[name] for name in args.modalities}
     loader = DataLoader(strided_subset(test_set, min(args.eval_size, len(test_set))), batch_size=250)
     torch.manual_seed(args.seed)
     with torch.no_grad():
@@ -86,7 +76,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not isinstance(model.prior, EnergyBasedPrior):
         rows = [{"sampler": "aggregate posterior q(z)", "joint": ceiling},
                 {"sampler": f"prior ({config.prior})", **coherence_of_samples(model, classifiers, args.samples, device, args.seed)}]
-        return write(rows, results, out)
+        return write_table(rows, results, out, "generation_chains")
     energy = model.prior.energy
     trained = model.prior.config
     results["trained_sampler"] = dataclasses.asdict(trained.langevin)
@@ -123,17 +113,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             print(format_table(rows[-1:]), flush=True)
     model.prior.config = trained
     plot_energy_histograms(energy, histograms, path=out / "generation_f_histograms.png")
-    return write(rows, results, out)
-
-
-def write(rows: list[dict[str, Any]], results: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Save the table as ``generation_chains.{json,md}`` in ``out`` and print it."""
-    results["rows"] = rows
-    save_results_json(results, out / "generation_chains.json")
-    table = format_table(rows, float_format="{:.3g}")
-    (out / "generation_chains.md").write_text(table + "\n")
-    print(table)
-    return results
+    return write_table(rows, results, out, "generation_chains")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,11 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step-sizes", type=float, nargs="+", help="default: the run's own")
     parser.add_argument("--samples", type=int, default=2000, help="prior samples per sampler")
     parser.add_argument("--eval-size", type=int, default=2000, help="test tuples (strided) for q(z) and the ceiling")
-    parser.add_argument("--modalities", nargs="+", help="joint coherence over these modalities only (default: all); "
-                        "leaving out one whose decoder does not draw the digit shows what the prior does elsewhere")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
+    add_analysis_arguments(parser)
     return parser
 
 
