@@ -86,13 +86,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     rows = [{"sampler": "aggregate posterior q(z)", "K": None, "s": None, "f_mean": f_posterior, "gap": 0.0,
              "penalty_gap": None, "joint": ceiling, "top_digit": None, "s_per_1000": None}]
     histograms = {"posterior q(z|X)": posterior}
-    step_sizes = args.step_sizes or [trained.langevin.step_size]
+    step_sizes = args.step_sizes or [trained.generation.step_size]
     for step_size in step_sizes:
         for steps in args.steps:
             if steps == 0 and step_size != step_sizes[0]:
                 continue  # p0 does not depend on the step size
             langevin = dataclasses.replace(trained.langevin, step_size=step_size)
-            model.prior.config = dataclasses.replace(trained, langevin=langevin, generation_steps=steps)
+            model.prior.config = dataclasses.replace(trained, langevin=langevin, generation_steps=steps, generation_step_size=None)
             torch.manual_seed(args.seed)
             started = time.perf_counter()
             z = model.prior().sample((args.samples,))

@@ -1,6 +1,7 @@
 """The second stage of two-stage training, as the paper does on CUB [1]: the encoders and decoders of a
 trained run are frozen and its EBM prior alone is fitted to the aggregate posterior
-``q(z) = E_data[q(z | X)]`` by maximum likelihood on guide samples, in :func:`~pyro_mmebm.fit`'s
+``q(z) = E_data[q(z | X)]`` on guide samples, by the prior's estimator (maximum likelihood with
+Langevin negatives, or noise-contrastive estimation against ``p0``), in :func:`~pyro_mmebm.fit`'s
 epoch loop.
 
 [1] Yuan et al. (2024) "Learning Multimodal Latent Generative Models with Energy-Based Prior".
@@ -57,15 +58,16 @@ def fit_prior_to_posterior(
     progress: bool = True,
     tensorboard: Optional[str | Path] = None,
 ) -> list[dict[str, Any]]:
-    r"""Fit ``model.prior`` (an :class:`~pyro_mmebm.ebm.EnergyBasedPrior`) to the aggregate posterior by
-    maximum likelihood; return per-epoch metrics (``prior_loss``, the mean ``−log p_α(z)`` per example,
-    and the energy gap as :func:`~pyro_mmebm.fit` records it).
+    r"""Fit ``model.prior`` (an :class:`~pyro_mmebm.ebm.EnergyBasedPrior`) to the aggregate posterior;
+    return per-epoch metrics (``prior_loss``, the mean ``−log p_α(z) − log Z(α)`` per example, and with
+    maximum likelihood the energy gap as :func:`~pyro_mmebm.fit` records it).
 
     Encoders and decoders stay fixed: only ``model.prior``'s parameters train, with Adam at
     ``config.prior_lr``. Each step draws ``z ~ q(z | X)`` (no gradient to the guide) and descends
-    ``−Σ TiltedLaplace.log_prob(z)``, whose α-gradient is the maximum-likelihood gradient
-    ``−(E_q[∇_α f_α(z)] − E_{p_α}[∇_α f_α(z⁻)])`` per draw, the expectation under the prior on
-    short-run Langevin negatives. The epoch loop is :func:`~pyro_mmebm.fit`'s: checkpoints (metrics as
+    ``−Σ TiltedLaplace.log_prob(z)``, whose α-gradient is, with the prior's default estimator, the
+    maximum-likelihood gradient ``−(E_q[∇_α f_α(z)] − E_{p_α}[∇_α f_α(z⁻)])`` per draw, the expectation
+    under the prior on short-run Langevin negatives; with ``estimator="nce"``, the gradient of the
+    logistic loss of ``f_α`` classifying the draws against draws of ``p0``. The epoch loop is :func:`~pyro_mmebm.fit`'s: checkpoints (metrics as
     ``two_stage_metrics.json``), ``resume``, the energy-gap watch, TensorBoard and data parallelism
     work as there.
     """

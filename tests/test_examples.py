@@ -161,9 +161,12 @@ def test_guides_objectives_and_private_latents_run(tmp_path, changes):
     assert 0.0 <= results["cross_coherence"].mean <= 1.0 and results["test_loss"] == results["test_loss"]
 
 
-def test_load_run_rebuilds_a_two_stage_run(tmp_path):
+@pytest.mark.parametrize("estimator", ["ml", "nce"])
+def test_load_run_rebuilds_a_two_stage_run(tmp_path, estimator):
     first = run(_smoke(tmp_path, "first", prior="laplace", epochs=1), progress=False)
-    second = run(_smoke(tmp_path, "second", two_stage_from=first["config"]["out"]), progress=False)
+    second = run(
+        _smoke(tmp_path, "second", two_stage_from=first["config"]["out"], ebm_estimator=estimator), progress=False
+    )
     config, model, guide, _, test_set = load_run(second["config"]["out"], torch.device("cpu"))
     assert config.prior == "ebm" and config.two_stage_from == first["config"]["out"]
     trained = torch.load(Path(config.out) / CHECKPOINT_NAME, weights_only=False)["modules"]["model"]
@@ -172,3 +175,6 @@ def test_load_run_rebuilds_a_two_stage_run(tmp_path):
     decoder_keys = [key for key in first_stage if key.startswith("decoders.")]
     assert decoder_keys and all(torch.equal(trained[key], first_stage[key]) for key in decoder_keys)
     assert len(second["history"]) == 1 and "prior_loss" in second["history"][0]
+    assert config.ebm.estimator == estimator
+    # the energy gap is watched where Langevin negatives are drawn: with maximum likelihood only
+    assert ("energy_gap" in second["history"][0]) == (estimator == "ml")

@@ -156,19 +156,21 @@ def test_warmup_trains_with_the_base_prior_then_switches_the_tilt_on():
     assert not all(torch.equal(p, q) for p, q in zip(initial, model.prior.energy.parameters()))
 
 
-def test_generation_runs_its_own_number_of_langevin_steps(monkeypatch):
+def test_generation_runs_its_own_langevin_steps_and_step_size(monkeypatch):
     from pyro_mmebm.ebm import tilted_laplace
 
-    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, generation_steps=11, langevin=LangevinConfig(3)))
-    steps = []
+    config = EBMPriorConfig(hidden=16, depth=2, generation_steps=11, generation_step_size=0.05, langevin=LangevinConfig(3))
+    prior = EnergyBasedPrior(2, config)
+    samplers = []
     real = tilted_laplace.langevin_sample
     monkeypatch.setattr(
         tilted_laplace, "langevin_sample",
-        lambda f, init, langevin, **options: steps.append(langevin.steps) or real(f, init, langevin, **options),
+        lambda f, init, langevin, **options: samplers.append(langevin) or real(f, init, langevin, **options),
     )
     prior().sample((5,))
     prior().log_prob(torch.zeros(4, 2, requires_grad=True))
-    assert steps == [11, 3]  # generation, then the training negatives
+    # generation, then the training negatives (the default step size 0.3)
+    assert samplers == [LangevinConfig(11, 0.05), LangevinConfig(3, 0.3)]
 
 
 def _warm_up_then_ebm(tmp_path, name, epochs, start_from=None, laplace=False):

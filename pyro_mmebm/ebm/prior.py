@@ -15,8 +15,8 @@ from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
 from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
 from pyro_mmebm.ebm.langevin import LangevinConfig, PersistentChains
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
-from pyro_mmebm.ebm.tilted_laplace import TiltedLaplace
-from pyro_mmebm.settings import at_least, check_settings, fraction, non_negative, setting
+from pyro_mmebm.ebm.tilted_laplace import ESTIMATORS, TiltedLaplace
+from pyro_mmebm.settings import at_least, check_settings, fraction, non_negative, positive, setting
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,13 @@ class EBMPriorConfig:
         aggregate posterior). Values, and ``α``'s gradient, are unchanged.
     :param generation_steps: Langevin steps when sampling the prior for generation (default
         ``langevin.steps``): short-run chains that suffice for the gradient may not reach the prior's modes.
-    :param langevin: the sampler of the training negatives.
+    :param generation_step_size: their step size (default ``langevin.step_size``): a prior with narrow
+        modes needs a smaller step than the short-run negatives use.
+    :param estimator: how training learns ``f_α`` (:data:`~pyro_mmebm.ebm.tilted_laplace.ESTIMATORS`):
+        ``"ml"``, maximum likelihood with Langevin negatives (the paper's), or ``"nce"``,
+        noise-contrastive estimation against draws of ``p0``, which runs no chain while training (see
+        :class:`~pyro_mmebm.ebm.TiltedLaplace`); the energy gap is watched with ``"ml"`` only.
+    :param langevin: the sampler of the training negatives (``"ml"``) and of generation.
     """
 
     settings_prefix: ClassVar[str] = "ebm"
@@ -55,8 +61,12 @@ class EBMPriorConfig:
     encoder_gradient: float = setting(
         0.0, "fraction of f's gradient in z that reaches the encoders (0: none)", check=fraction
     )
+    estimator: str = setting("ml", "how f is trained: ml (Langevin negatives) or nce (against p0)", choices=ESTIMATORS)
     generation_steps: Optional[int] = setting(
         None, "Langevin steps for generation (None: --langevin-steps)", check=at_least(0)
+    )
+    generation_step_size: Optional[float] = setting(
+        None, "Langevin step size for generation (None: --langevin-step-size)", check=positive
     )
     langevin: LangevinConfig = field(default_factory=LangevinConfig)
 
@@ -65,10 +75,10 @@ class EBMPriorConfig:
 
     @property
     def generation(self) -> LangevinConfig:
-        """The sampler that generates: :attr:`langevin`, run for ``generation_steps`` steps when set."""
-        if self.generation_steps is None:
-            return self.langevin
-        return dataclasses.replace(self.langevin, steps=self.generation_steps)
+        """The sampler that generates: :attr:`langevin`, with ``generation_steps`` steps and
+        ``generation_step_size`` where set."""
+        changes = {"steps": self.generation_steps, "step_size": self.generation_step_size}
+        return dataclasses.replace(self.langevin, **{name: value for name, value in changes.items() if value is not None})
 
 
 class EnergyBasedPrior(nn.Module):
@@ -113,6 +123,7 @@ class EnergyBasedPrior(nn.Module):
             generation=self.config.generation,
             regularisation=self.config.regularisation,
             encoder_gradient=self.config.encoder_gradient,
+            estimator=self.config.estimator,
             persistent_chains=self.persistent_chains,
             monitor=self.monitor,
         )

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions.utils import broadcast_all
 
 from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES, score
@@ -18,6 +18,10 @@ from pyro_mmebm.ebm.langevin import (
     langevin_sample,
 )
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
+
+ESTIMATORS = ("ml", "nce")
+"""How :class:`TiltedLaplace` trains ``f_α``: maximum likelihood with Langevin negatives, or
+noise-contrastive estimation against draws of the base."""
 
 MAX_BASE_SCALES = 50.0
 """How far (in base scales, per coordinate) a Langevin state may end from the base's centre.
@@ -54,9 +58,18 @@ class TiltedLaplace(TorchDistribution):
     ``λ (f_α(z)² + E[f_α(z⁻)²])``, which bounds the magnitude of ``f_α`` (its value is not added, and it
     does not touch ``z``). :meth:`sample` runs the Langevin sampler; there is no ``rsample``.
 
+    With ``estimator="nce"`` the α-gradient is instead that of noise-contrastive estimation against the
+    base [3, 4]: ``f_α`` as the logit of a classifier of the scored ``z`` against as many draws
+    ``z⁰ ~ p0``, each ``z`` ascending ``−log(1 + e^{−f_α(z)}) − mean log(1 + e^{f_α(z⁰)})``. Its
+    optimum is ``f_α = log q − log p0`` for scored draws ``z ~ q``: the tilted prior is then ``q``
+    itself, normalised (``Z(α) = 1``). No Langevin chain runs while training; the values of
+    :meth:`log_prob` and its ``z``-gradient are as with maximum likelihood, and the penalty applies the same.
+
     [1] Yuan, Cui, Han, Zhu, Wu, Nijkamp et al. (2024) "Learning Multimodal Latent Generative Models
         with Energy-Based Prior". [2] Pang, Han, Nijkamp, Zhu, Wu (2020) "Learning Latent Space
-        Energy-Based Prior Model".
+        Energy-Based Prior Model". [3] Gutmann, Hyvärinen (2010) "Noise-contrastive estimation: A new
+        estimation principle for unnormalized statistical models". [4] Aneja, Schwing, Kautz, Vahdat
+        (2021) "A Contrastive Learning Approach for Training Variational Autoencoder Priors".
 
     :param energy: ``f_α``, mapping ``(*batch, d)`` to ``(*batch,)`` (e.g. an
         :class:`~pyro_mmebm.ebm.energy.EnergyMLP`).
@@ -72,8 +85,10 @@ class TiltedLaplace(TorchDistribution):
         evaluated at ``z.detach() + c (z − z.detach())``, the same point, so the gradient with respect
         to the scored ``z`` (and through it to an encoder) is ``c ∇_z f_α`` plus the base's; values and
         ``α``'s gradient are unchanged.
-    :param int num_negatives: number of negatives per :meth:`log_prob` call; default one per element
-        of the value's batch.
+    :param str estimator: how :meth:`log_prob` trains ``α``, one of :data:`ESTIMATORS`: ``"ml"``
+        (maximum likelihood, Langevin negatives) or ``"nce"`` (noise-contrastive, draws of ``p0``).
+    :param int num_negatives: number of negatives (Langevin samples, or draws of ``p0``) per
+        :meth:`log_prob` call; default one per element of the value's batch.
     :param PersistentChains persistent_chains: when given, negatives continue these chains.
     :param EnergyGapMonitor monitor: when given, receives ``f_α``'s means on positives and negatives.
     """
@@ -93,6 +108,7 @@ class TiltedLaplace(TorchDistribution):
         generation: Optional[LangevinConfig] = None,
         regularisation: float = 0.0,
         encoder_gradient: float = 1.0,
+        estimator: str = "ml",
         num_negatives: Optional[int] = None,
         persistent_chains: Optional[PersistentChains] = None,
         monitor: Optional[EnergyGapMonitor] = None,
@@ -115,6 +131,9 @@ class TiltedLaplace(TorchDistribution):
         if not 0 <= encoder_gradient <= 1:
             raise ValueError(f"need encoder_gradient in [0, 1], got {encoder_gradient}")
         self.encoder_gradient = encoder_gradient
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r} of the EBM prior; choose one of {ESTIMATORS}")
+        self.estimator = estimator
         self.num_negatives = num_negatives
         self.persistent_chains = persistent_chains
         self.monitor = monitor
@@ -126,7 +145,7 @@ class TiltedLaplace(TorchDistribution):
         new.loc = self.loc.expand(batch_shape + self.event_shape)
         new.scale = self.scale.expand(batch_shape + self.event_shape)
         for name in ("energy", "base", "langevin", "generation", "regularisation", "encoder_gradient",
-                     "num_negatives", "persistent_chains", "monitor"):
+                     "estimator", "num_negatives", "persistent_chains", "monitor"):
             setattr(new, name, getattr(self, name))
         super(TiltedLaplace, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -200,15 +219,20 @@ class TiltedLaplace(TorchDistribution):
         init = self.base_dist.sample(sample_shape)
         return self._langevin(init, self.generation, self.loc, self.scale)
 
+    def _base_draws(self, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``num_samples`` draws of the base of the first batch element, shape ``(num_samples, d)``,
+        with its ``loc`` and ``scale``."""
+        d = self.event_shape[0]
+        loc, scale = self.loc.reshape(-1, d)[0], self.scale.reshape(-1, d)[0]
+        base = LOCATION_SCALE_FAMILIES[self.base](loc, scale, validate_args=False).to_event(1)
+        return base.sample((num_samples,)), loc, scale
+
     def negative_samples(self, num_samples: int) -> Tensor:
         """``num_samples`` Langevin negatives ``z⁻`` of shape ``(num_samples, d)``.
 
         They target the prior of the first batch element: a prior's base is shared by the batch.
         """
-        d = self.event_shape[0]
-        loc, scale = self.loc.reshape(-1, d)[0], self.scale.reshape(-1, d)[0]
-        base = LOCATION_SCALE_FAMILIES[self.base](loc, scale, validate_args=False).to_event(1)
-        fresh = base.sample((num_samples,))
+        fresh, loc, scale = self._base_draws(num_samples)
         init = fresh if self.persistent_chains is None else self.persistent_chains.initial_states(fresh)
         negatives = self._langevin(init, self.langevin, loc, scale)
         if self.persistent_chains is not None:
@@ -228,15 +252,28 @@ class TiltedLaplace(TorchDistribution):
             self._check_energy_finite({"the latents scored": (value, positive)})
             return log_prob
         num_negatives = self.num_negatives or max(1, value.shape[:-1].numel())
-        negatives = self.negative_samples(num_negatives)
-        negative = self._energy(negatives)
-        self._check_energy_finite({
-            "the latents scored (posterior samples)": (value, positive),
-            "the Langevin negatives": (negatives, negative),
-        })
-        if self.monitor is not None:
-            self.monitor.record(positive, negative)
-        surrogate = -negative.mean()
+        if self.estimator == "nce":
+            negatives = self._base_draws(num_negatives)[0]
+            negative = self._energy(negatives)
+            self._check_energy_finite({
+                "the latents scored (posterior samples)": (value, positive),
+                "the draws of the base": (negatives, negative),
+            })
+            # each scored z's α-gradient becomes σ(−f) ∇f, the logistic loss's, instead of ∇f
+            at_value = self._energy(value.detach())
+            correction = -nn.functional.softplus(-at_value) - at_value
+            log_prob = log_prob + (correction - correction.detach())
+            surrogate = -nn.functional.softplus(negative).mean()
+        else:
+            negatives = self.negative_samples(num_negatives)
+            negative = self._energy(negatives)
+            self._check_energy_finite({
+                "the latents scored (posterior samples)": (value, positive),
+                "the Langevin negatives": (negatives, negative),
+            })
+            if self.monitor is not None:
+                self.monitor.record(positive, negative)
+            surrogate = -negative.mean()
         if self.regularisation > 0:
             surrogate = surrogate - self.regularisation * (
                 self._energy(value.detach()).pow(2) + negative.pow(2).mean()
