@@ -43,3 +43,16 @@ def test_diagonal_mixture_samples_have_the_clusters_weights_means_and_spreads():
         # 10 %: about 4.5 of them); the 10,000 samples or more per cluster add less.
         assert torch.allclose(own.mean(0), CENTRES[i], atol=0.3)
         assert torch.allclose(own.std(0), SPREADS[i], rtol=0.1)
+
+
+def test_noise_contrastive_energy_fit_climbs_to_the_mode_of_the_draws():
+    # Draws of N((2, -1), 0.3² I): the fitted tilt exp(f) p0 has its mode where q has, and climbing
+    # f + log p0 without noise from p0 ends there. What is left is the fit's error in the gradient of
+    # the log ratio near the mode: measured 0.035 on this seed (0.078 after 800 steps at 1e-2); the
+    # bound, 0.1, is a third of q's spread.
+    torch.manual_seed(0)
+    centre = torch.tensor([2.0, -1.0])
+    draws = centre + 0.3 * torch.randn(20000, 2)
+    prior = aggregate_posterior_fits.fit_energy(draws, "nce", 3e-3, steps=1500, batch_size=512, hidden=32)
+    ends = aggregate_posterior_fits.climbed(prior, 200, steps=300, rate=0.02)
+    assert (ends - centre).norm(dim=1).median() < 0.1
