@@ -79,10 +79,14 @@ def run_options(args: argparse.Namespace) -> list[str]:
 
 def run_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     """The ``examples/polymnist.py`` command line of each run, by name."""
-    common = [*run_options(args), "--epochs", str(args.epochs)]
-    if args.epoch_size is not None:
-        common += ["--epoch-size", str(args.epoch_size)]
-    common += shlex.split(args.run_options)
+    def shared(batch_size: int) -> list[str]:
+        options = [*run_options(argparse.Namespace(**{**vars(args), "batch_size": batch_size})), "--epochs", str(args.epochs)]
+        if args.epoch_size is not None:
+            options += ["--epoch-size", str(args.epoch_size)]
+        return options + shlex.split(args.run_options)
+
+    common = shared(args.batch_size)
+    two_stage_common = shared(args.two_stage_batch_size or args.batch_size)
     if args.ebm_options:
         common_ebm = shlex.split(args.ebm_options)
     else:
@@ -104,7 +108,10 @@ def run_commands(args: argparse.Namespace) -> dict[str, list[str]]:
             "--prior", "ebm", *common_ebm, "--two-stage-from", str(out / "laplace_private"), "--two-stage-epochs",
             str(args.two_stage_epochs), "--out", str(out / "two_stage_private"),
         ]
-    return {name: [sys.executable, str(EXAMPLE), *common, *extra] for name, extra in commands.items()}
+    return {
+        name: [sys.executable, str(EXAMPLE), *(two_stage_common if name in DEPENDS_ON else common), *extra]
+        for name, extra in commands.items()
+    }
 
 
 DEPENDS_ON = {"two_stage": "laplace", "two_stage_private": "laplace_private"}
@@ -327,6 +334,7 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
     parser.add_argument("--ebm-options", default="", help="extra options of the EBM runs, e.g. '--prior-lr 2e-5'")
     parser.add_argument("--run-options", default="", help="extra options of every run, e.g. '--precision bf16'")
     parser.add_argument("--two-stage-epochs", type=int, default=3)
+    parser.add_argument("--two-stage-batch-size", type=int, help="batch size of the two-stage fits (default: --batch-size)")
     parser.add_argument(
         "--no-fork", action="store_true", help="EBM runs train their warm-up epochs instead of starting from the Laplace run's"
     )

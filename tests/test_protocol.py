@@ -119,3 +119,13 @@ def test_private_two_stage_run_fits_the_private_laplace_run(tmp_path):
     assert command[command.index("--two-stage-from") + 1] == str(tmp_path / "laplace_private")
     assert "--prior-lr" in command and "--private-latent-dim" not in command  # the networks are the first stage's
     assert polymnist_protocol.DEPENDS_ON["two_stage_private"] == "laplace_private"
+
+
+def test_two_stage_fits_take_their_own_batch_size(tmp_path):
+    args = polymnist_protocol.build_parser().parse_args(
+        ["--out", str(tmp_path), "--private", "--batch-size", "32", "--two-stage-batch-size", "64"]
+    )
+    commands = polymnist_protocol.run_commands(args)
+    for name, command in commands.items():
+        assert command.count("--batch-size") == 1
+        assert command[command.index("--batch-size") + 1] == ("64" if name in polymnist_protocol.DEPENDS_ON else "32")
