@@ -63,7 +63,8 @@ class TiltedLaplace(TorchDistribution):
     ``z⁰ ~ p0``, each ``z`` ascending ``−log(1 + e^{−f_α(z)}) − mean log(1 + e^{f_α(z⁰)})``. Its
     optimum is ``f_α = log q − log p0`` for scored draws ``z ~ q``: the tilted prior is then ``q``
     itself, normalised (``Z(α) = 1``). No Langevin chain runs while training; the values of
-    :meth:`log_prob` and its ``z``-gradient are as with maximum likelihood, and the penalty applies the same.
+    :meth:`log_prob` and its ``z``-gradient are as with maximum likelihood. A penalty (which this
+    estimator does not need: its loss is bounded below) is taken on the scored ``z`` and the draws of ``p0``.
 
     [1] Yuan, Cui, Han, Zhu, Wu, Nijkamp et al. (2024) "Learning Multimodal Latent Generative Models
         with Energy-Based Prior". [2] Pang, Han, Nijkamp, Zhu, Wu (2020) "Learning Latent Space
