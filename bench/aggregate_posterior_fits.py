@@ -140,9 +140,10 @@ def langevin_samples(prior: EnergyBasedPrior, n: int, steps: int, step_size: flo
 def climbed(prior: EnergyBasedPrior, n: int, steps: int = 500, rate: float = 0.08) -> Tensor:
     """``n`` draws of ``p0`` moved ``steps`` times by ``rate ∇(f_α + log p0)``, without noise: where
     the fitted density's modes lie."""
-    z = prior().base_dist.sample((n,))
+    density = prior()
+    z = density.base_dist.sample((n,))
     for _ in range(steps):
-        z = z + rate * log_density_and_grad(prior().unnormalized_log_prob, z)[1]
+        z = z + rate * log_density_and_grad(density.unnormalized_log_prob, z)[1]
     return z
 
 
