@@ -91,8 +91,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         for steps in args.steps:
             if steps == 0 and step_size != step_sizes[0]:
                 continue  # p0 does not depend on the step size
-            langevin = dataclasses.replace(trained.langevin, step_size=step_size)
-            model.prior.config = dataclasses.replace(trained, langevin=langevin, generation_steps=steps, generation_step_size=None)
+            model.prior.config = dataclasses.replace(trained, generation_steps=steps, generation_step_size=step_size)
             torch.manual_seed(args.seed)
             started = time.perf_counter()
             z = model.prior().sample((args.samples,))
