@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from pyro_mmebm.checkpoint import resume_state
 from pyro_mmebm.contracts import MultimodalModel
-from pyro_mmebm.ebm.hooks import EnergyGapWatch
+from pyro_mmebm.ebm.hooks import prior_watch
 from pyro_mmebm.training import TrainConfig, data_parallel, train_epochs
 
 TWO_STAGE_METRICS_NAME = "two_stage_metrics.json"
@@ -69,7 +69,7 @@ def fit_prior_to_posterior(
     under the prior on short-run Langevin negatives; with ``estimator="nce"``, the gradient of the
     logistic loss of ``f_α`` classifying the draws against draws of ``p0``. The epoch loop is :func:`~pyro_mmebm.fit`'s: checkpoints (metrics as
     ``two_stage_metrics.json``), ``resume``, the energy-gap watch, TensorBoard and data parallelism
-    work as there.
+    work as there, and the prior is watched as there (:func:`~pyro_mmebm.ebm.hooks.prior_watch`).
     """
     device = device or next(model.parameters()).device
     model.to(device)
@@ -85,7 +85,7 @@ def fit_prior_to_posterior(
     return train_epochs(
         data_parallel(PriorNegativeLogLikelihood(model.prior, guide), device), loader, model, guide, optimizer,
         config, trained=(model.prior,), history=history, start_epoch=start_epoch,
-        hooks=[EnergyGapWatch(model.prior, config.max_energy_gap)], loss_name="prior_loss",
+        hooks=[prior_watch(model.prior, config.max_energy_gap)], loss_name="prior_loss",
         metrics_name=TWO_STAGE_METRICS_NAME, validate=None, out_dir=out_dir, device=device, progress=progress,
         tensorboard=tensorboard,
     )

@@ -176,5 +176,11 @@ def test_load_run_rebuilds_a_two_stage_run(tmp_path, estimator):
     assert decoder_keys and all(torch.equal(trained[key], first_stage[key]) for key in decoder_keys)
     assert len(second["history"]) == 1 and "prior_loss" in second["history"][0]
     assert config.ebm.estimator == estimator
-    # the energy gap is watched where Langevin negatives are drawn: with maximum likelihood only
+    # each estimator's watch: the energy gap where Langevin negatives are drawn (maximum likelihood),
+    # the classifier with noise-contrastive estimation
     assert ("energy_gap" in second["history"][0]) == (estimator == "ml")
+    assert ("nce_loss" in second["history"][0]) == (estimator == "nce")
+    if estimator == "nce":
+        assert 0.0 <= second["history"][0]["nce_accuracy"] <= 1.0
+    # and the histograms of f set generation's samples beside the draws of p0 that NCE classified
+    assert ("base p0 (NCE's noise)" in second["energy_overlap"]["f_mean"]) == (estimator == "nce")

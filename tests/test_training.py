@@ -16,6 +16,7 @@ from pyro_mmebm import (
     fit,
 )
 from pyro_mmebm.checkpoint import CheckpointError, load_checkpoint
+from pyro_mmebm.ebm import NoiseContrastWatch
 from pyro_mmebm.networks import MLPDecoder, MLPEncoder
 
 SMALL_EBM = EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=3))
@@ -92,6 +93,20 @@ def test_divergent_energy_gap_stops_training_with_clear_error():
     model, guide = build(EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=2))))
     with pytest.raises(EBMDivergenceError, match="step 1.*step size 0.3"):
         fit(model, guide, batches(data, labels), TrainConfig(epochs=1, max_energy_gap=1e-9), progress=False)
+
+
+def test_noise_contrastive_training_watches_the_classifier_and_stops_when_it_is_not_finite():
+    """Joint training by NCE logs the classifier's loss, accuracy and log Z(α), not an energy gap; a
+    non-finite value stops it with a clear error."""
+    data, labels = clustered_pairs(256, seed=0)
+    torch.manual_seed(0)
+    model, guide = build(EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, estimator="nce")))
+    (record,) = fit(model, guide, batches(data, labels), TrainConfig(epochs=1), progress=False)
+    assert "energy_gap" not in record
+    assert 0.0 <= record["nce_accuracy"] <= 1.0 and 0.0 < record["nce_loss"] and record["f_base"] == record["f_base"]
+    watch = NoiseContrastWatch(model.prior)
+    with pytest.raises(EBMDivergenceError, match="step 7: the noise-contrastive watch.*'nce_loss': nan"):
+        watch.end_step([0.5, -0.5, float("nan"), 0.5, 0.0], 7)
 
 
 def test_prior_gets_its_own_learning_rate_and_betas():

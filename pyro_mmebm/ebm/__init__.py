@@ -3,9 +3,10 @@
 - :mod:`~pyro_mmebm.ebm.energy`: the energy network ``f_α`` (:class:`EnergyMLP`);
 - :mod:`~pyro_mmebm.ebm.langevin`: the short-run Langevin sampler, its settings and persistent chains;
 - :mod:`~pyro_mmebm.ebm.tilted_laplace`: the prior as a Pyro distribution (:class:`TiltedLaplace`);
-- :mod:`~pyro_mmebm.ebm.monitoring`: the energy gap recorded while training, and its divergence;
-- :mod:`~pyro_mmebm.ebm.hooks`: what training does for the prior (its warm-up, the energy gap watched
-  at every step), as hooks of the epoch loop;
+- :mod:`~pyro_mmebm.ebm.monitoring`: what is recorded of ``f_α`` while training (the energy gap; with
+  noise-contrastive estimation, the classifier), and the gap's divergence;
+- :mod:`~pyro_mmebm.ebm.hooks`: what training does for the prior (its warm-up, the prior watched at
+  every step), as hooks of the epoch loop;
 - :mod:`~pyro_mmebm.ebm.prior`: the prior as a module (:class:`EnergyBasedPrior`), as a model uses it,
   and its settings (:class:`EBMPriorConfig`);
 - :mod:`~pyro_mmebm.ebm.ais`: its normaliser ``log Z(α)`` by annealed importance sampling.
@@ -13,7 +14,7 @@
 
 from pyro_mmebm.ebm.ais import AISResult, annealed_importance_sampling, sigmoid_schedule
 from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
-from pyro_mmebm.ebm.hooks import BasePriorWarmup, EnergyGapWatch, prior_hooks
+from pyro_mmebm.ebm.hooks import BasePriorWarmup, EnergyGapWatch, NoiseContrastWatch, prior_hooks, prior_watch
 from pyro_mmebm.ebm.langevin import (
     LangevinConfig,
     LangevinDivergenceError,
@@ -22,7 +23,13 @@ from pyro_mmebm.ebm.langevin import (
     langevin_run,
     langevin_sample,
 )
-from pyro_mmebm.ebm.monitoring import EBMDivergenceError, EnergyGapMonitor, check_energy_gap, penalty_gap
+from pyro_mmebm.ebm.monitoring import (
+    EBMDivergenceError,
+    EnergyGapMonitor,
+    NoiseContrastMonitor,
+    check_energy_gap,
+    penalty_gap,
+)
 from pyro_mmebm.ebm.prior import EBMPriorConfig, EnergyBasedPrior
 from pyro_mmebm.ebm.tilted_laplace import MAX_BASE_SCALES, TiltedLaplace
 
@@ -40,6 +47,8 @@ __all__ = [
     "LangevinDivergenceError",
     "LangevinRun",
     "MAX_BASE_SCALES",
+    "NoiseContrastMonitor",
+    "NoiseContrastWatch",
     "PersistentChains",
     "TiltedLaplace",
     "annealed_importance_sampling",
@@ -48,5 +57,6 @@ __all__ = [
     "langevin_sample",
     "penalty_gap",
     "prior_hooks",
+    "prior_watch",
     "sigmoid_schedule",
 ]

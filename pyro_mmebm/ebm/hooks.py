@@ -1,14 +1,17 @@
 """What training does for the EBM prior, as hooks of the epoch loop (:class:`~pyro_mmebm.contracts.TrainingHook`):
-a warm-up with the base prior, and the energy gap watched at every step."""
+a warm-up with the base prior, and the prior watched at every step: the energy gap with maximum likelihood,
+the classifier with noise-contrastive estimation (:func:`prior_watch` picks)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+
+from typing import TYPE_CHECKING, Union
 
 from torch import Tensor, nn
 
 from pyro_mmebm.contracts import TrainingHook
-from pyro_mmebm.ebm.monitoring import check_energy_gap, penalty_gap
+from pyro_mmebm.ebm.monitoring import EBMDivergenceError, check_energy_gap, penalty_gap
 from pyro_mmebm.ebm.prior import EnergyBasedPrior
 
 if TYPE_CHECKING:
@@ -82,13 +85,61 @@ class EnergyGapWatch(TrainingHook):
         }
 
 
+class NoiseContrastWatch(TrainingHook):
+    """``f_α`` as the noise-contrastive classifier at every step, from the prior's
+    :class:`~pyro_mmebm.ebm.NoiseContrastMonitor`, averaged over all processes: logged
+    (``ebm/nce_loss``, ``ebm/nce_accuracy``, ``ebm/f_positive``, ``ebm/f_base`` and
+    ``ebm/log_normaliser``, the estimate of ``log Z(α)``, 0 at the optimum) and summarised per epoch
+    by their means (``nce_loss``, ``nce_accuracy``, ``f_positive``, ``f_base``, ``log_normaliser``).
+
+    The logistic loss is bounded below, so nothing here can run away as the maximum-likelihood gap
+    can; a non-finite value stops training with :class:`~pyro_mmebm.ebm.EBMDivergenceError`.
+    """
+
+    NAMES = ("f_positive", "f_base", "nce_loss", "nce_accuracy", "log_normaliser")
+
+    def __init__(self, prior: EnergyBasedPrior) -> None:
+        self.monitor = prior.monitor
+        self.records: list[list[float]] = []
+
+    def start_epoch(self, epoch: int) -> None:
+        self.records = []
+
+    def step_values(self) -> list[Tensor]:
+        return self.monitor.values() or []  # none before the first record (a warm-up)
+
+    def end_step(self, values: list[float], step: int) -> dict[str, float]:
+        if not values:
+            return {}
+        if not all(math.isfinite(value) for value in values):
+            raise EBMDivergenceError(
+                f"EBM prior diverged at step {step}: the noise-contrastive watch of f_α "
+                f"({dict(zip(self.NAMES, values))}) is not finite"
+            )
+        self.records.append(values)
+        return {f"ebm/{name}": value for name, value in zip(self.NAMES, values)}
+
+    def end_epoch(self) -> dict[str, float]:
+        if not self.records:
+            return {}
+        return {name: sum(column) / len(column) for name, column in zip(self.NAMES, zip(*self.records))}
+
+
+def prior_watch(prior: EnergyBasedPrior, max_gap: float) -> Union[EnergyGapWatch, NoiseContrastWatch]:
+    """The watch of ``prior``'s estimator: the energy gap (stopping beyond ``max_gap``) with maximum
+    likelihood, the classifier with noise-contrastive estimation."""
+    if prior.config.estimator == "nce":
+        return NoiseContrastWatch(prior)
+    return EnergyGapWatch(prior, max_gap)
+
+
 def prior_hooks(prior: nn.Module, config: TrainConfig) -> list[TrainingHook]:
     """The hooks that joint training runs for ``prior``: for an :class:`EnergyBasedPrior`, its warm-up
-    (``config.prior_warmup_epochs``) and the energy-gap watch (``config.max_energy_gap``); none for
-    another prior."""
+    (``config.prior_warmup_epochs``) and its estimator's watch (:func:`prior_watch`, with
+    ``config.max_energy_gap``); none for another prior."""
     if not isinstance(prior, EnergyBasedPrior):
         return []
-    return [BasePriorWarmup(prior, config.prior_warmup_epochs), EnergyGapWatch(prior, config.max_energy_gap)]
+    return [BasePriorWarmup(prior, config.prior_warmup_epochs), prior_watch(prior, config.max_energy_gap)]
 
 
-__all__ = ["BasePriorWarmup", "EnergyGapWatch", "prior_hooks"]
+__all__ = ["BasePriorWarmup", "EnergyGapWatch", "NoiseContrastWatch", "prior_hooks", "prior_watch"]

@@ -14,7 +14,7 @@ from torch import nn
 from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
 from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
 from pyro_mmebm.ebm.langevin import LangevinConfig, PersistentChains
-from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
+from pyro_mmebm.ebm.monitoring import EnergyGapMonitor, NoiseContrastMonitor
 from pyro_mmebm.ebm.tilted_laplace import ESTIMATORS, TiltedLaplace
 from pyro_mmebm.settings import at_least, check_settings, fraction, non_negative, positive, setting
 
@@ -46,7 +46,8 @@ class EBMPriorConfig:
     :param estimator: how training learns ``f_α`` (:data:`~pyro_mmebm.ebm.tilted_laplace.ESTIMATORS`):
         ``"ml"``, maximum likelihood with Langevin negatives (the paper's), or ``"nce"``,
         noise-contrastive estimation against draws of ``p0``, which runs no chain while training (see
-        :class:`~pyro_mmebm.ebm.TiltedLaplace`); the energy gap is watched with ``"ml"`` only.
+        :class:`~pyro_mmebm.ebm.TiltedLaplace`). With ``"ml"`` training watches the energy gap, with
+        ``"nce"`` the classifier's loss, accuracy and ``log Z(α)``.
     :param langevin: the sampler of the training negatives (``"ml"``) and of generation.
     """
 
@@ -106,7 +107,7 @@ class EnergyBasedPrior(nn.Module):
         self.register_buffer("scale", torch.ones(latent_dim))
         self.base = base
         self.persistent_chains = PersistentChains() if config.persistent else None
-        self.monitor = EnergyGapMonitor()
+        self.monitor = NoiseContrastMonitor() if config.estimator == "nce" else EnergyGapMonitor()
         self.tilted = True
         self.forward()  # checks the base now rather than at the first training step
 

@@ -17,7 +17,7 @@ from pyro_mmebm.ebm.langevin import (
     PersistentChains,
     langevin_sample,
 )
-from pyro_mmebm.ebm.monitoring import EnergyGapMonitor
+from pyro_mmebm.ebm.monitoring import EnergyGapMonitor, NoiseContrastMonitor
 
 ESTIMATORS = ("ml", "nce")
 """How :class:`TiltedLaplace` trains ``f_α``: maximum likelihood with Langevin negatives, or
@@ -91,7 +91,9 @@ class TiltedLaplace(TorchDistribution):
     :param int num_negatives: number of negatives (Langevin samples, or draws of ``p0``) per
         :meth:`log_prob` call; default one per element of the value's batch.
     :param PersistentChains persistent_chains: when given, negatives continue these chains.
-    :param EnergyGapMonitor monitor: when given, receives ``f_α``'s means on positives and negatives.
+    :param monitor: when given, receives ``f_α`` on the scored latents and the estimator's negatives
+        at every training call: an :class:`~pyro_mmebm.ebm.EnergyGapMonitor` with ``"ml"``, a
+        :class:`~pyro_mmebm.ebm.NoiseContrastMonitor` with ``"nce"``.
     """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
@@ -112,7 +114,7 @@ class TiltedLaplace(TorchDistribution):
         estimator: str = "ml",
         num_negatives: Optional[int] = None,
         persistent_chains: Optional[PersistentChains] = None,
-        monitor: Optional[EnergyGapMonitor] = None,
+        monitor: Optional[EnergyGapMonitor | NoiseContrastMonitor] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
         if base not in LOCATION_SCALE_FAMILIES:
@@ -135,6 +137,10 @@ class TiltedLaplace(TorchDistribution):
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r} of the EBM prior; choose one of {ESTIMATORS}")
         self.estimator = estimator
+        if monitor is not None and monitor.estimator != estimator:
+            raise ValueError(
+                f"{type(monitor).__name__} watches the {monitor.estimator!r} estimator; this prior's is {estimator!r}"
+            )
         self.num_negatives = num_negatives
         self.persistent_chains = persistent_chains
         self.monitor = monitor
@@ -260,6 +266,8 @@ class TiltedLaplace(TorchDistribution):
                 "the latents scored (posterior samples)": (value, positive),
                 "the draws of the base": (negatives, negative),
             })
+            if self.monitor is not None:
+                self.monitor.record(positive, negative)
             # each scored z's α-gradient becomes σ(−f) ∇f, the logistic loss's, instead of ∇f
             at_value = self._energy(value.detach())
             correction = -nn.functional.softplus(-at_value) - at_value

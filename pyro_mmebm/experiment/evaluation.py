@@ -115,9 +115,10 @@ def evaluate(
 @torch.no_grad()
 def energy_overlap(model: nn.Module, guide: nn.Module, loader: Iterable, figure_path: Path) -> dict[str, Any]:
     """``f_α`` on posterior draws of ``loader``'s tuples against ``f_α`` on the prior samples that
-    generation uses (and on training-length chains, when generation runs longer ones), with the
-    histograms saved at ``figure_path``: a prior that generation samples correctly gives overlapping
-    histograms, ``E_q[f] − E_{p_α}[f] ≈ 0``."""
+    generation uses, with the histograms saved at ``figure_path``: a prior that generation samples
+    correctly gives overlapping histograms, ``E_q[f] − E_{p_α}[f] ≈ 0``. Also shown: with maximum
+    likelihood, the training negatives' chains when generation runs other ones; with noise-contrastive
+    estimation, the draws of ``p0`` that ``f_α`` learned to tell from the posterior's."""
     prior = model.prior
     device = prior.loc.device
     posterior = torch.cat([
@@ -125,11 +126,15 @@ def energy_overlap(model: nn.Module, guide: nn.Module, loader: Iterable, figure_
     ])
     samples = {"posterior q(z|X)": posterior}
     p_alpha = prior()
-    generated = f"prior, Langevin K={p_alpha.generation.steps}"
+    generation, negatives = p_alpha.generation, p_alpha.langevin
+    generated = f"prior, Langevin K={generation.steps}, s={generation.step_size}"
     samples[generated] = p_alpha.sample((len(posterior),))
-    if p_alpha.generation != p_alpha.langevin:
-        samples[f"prior, Langevin K={p_alpha.langevin.steps}"] = langevin_sample(
-            p_alpha.unnormalized_log_prob, p_alpha.base_dist.sample((len(posterior),)), p_alpha.langevin
+    if p_alpha.estimator == "nce":
+        samples["base p0 (NCE's noise)"] = p_alpha.base_dist.sample((len(posterior),))
+    elif generation != negatives:
+        label = f"prior, Langevin K={negatives.steps}, s={negatives.step_size} (training's negatives)"
+        samples[label] = langevin_sample(
+            p_alpha.unnormalized_log_prob, p_alpha.base_dist.sample((len(posterior),)), negatives
         )
     plot_energy_histograms(prior.energy, samples, path=figure_path)
     means = {label: float(prior.energy(z).mean()) for label, z in samples.items()}
