@@ -161,11 +161,13 @@ def test_guides_objectives_and_private_latents_run(tmp_path, changes):
     assert 0.0 <= results["cross_coherence"].mean <= 1.0 and results["test_loss"] == results["test_loss"]
 
 
-@pytest.mark.parametrize("estimator", ["ml", "nce"])
-def test_load_run_rebuilds_a_two_stage_run(tmp_path, estimator):
+@pytest.mark.parametrize("estimator, nce_noise", [("ml", "base"), ("nce", "base"), ("nce", "base+gaussian")])
+def test_load_run_rebuilds_a_two_stage_run(tmp_path, estimator, nce_noise):
     first = run(_smoke(tmp_path, "first", prior="laplace", epochs=1), progress=False)
     second = run(
-        _smoke(tmp_path, "second", two_stage_from=first["config"]["out"], ebm_estimator=estimator), progress=False
+        _smoke(tmp_path, "second", two_stage_from=first["config"]["out"], ebm_estimator=estimator,
+               ebm_nce_noise=nce_noise),
+        progress=False,
     )
     config, model, guide, _, test_set = load_run(second["config"]["out"], torch.device("cpu"))
     assert config.prior == "ebm" and config.two_stage_from == first["config"]["out"]
@@ -175,12 +177,16 @@ def test_load_run_rebuilds_a_two_stage_run(tmp_path, estimator):
     decoder_keys = [key for key in first_stage if key.startswith("decoders.")]
     assert decoder_keys and all(torch.equal(trained[key], first_stage[key]) for key in decoder_keys)
     assert len(second["history"]) == 1 and "prior_loss" in second["history"][0]
-    assert config.ebm.estimator == estimator
+    assert config.ebm.estimator == estimator and config.ebm.nce_noise == nce_noise
+    # the fitted noise's moments are part of the prior's state: moved by training, saved, loaded
+    assert (model.prior.noise is not None) == (nce_noise == "base+gaussian")
+    if model.prior.noise is not None:
+        assert model.prior.noise.mean.abs().sum() > 0 and "prior.noise.mean" in trained
     # each estimator's watch: the energy gap where Langevin negatives are drawn (maximum likelihood),
     # the classifier with noise-contrastive estimation
     assert ("energy_gap" in second["history"][0]) == (estimator == "ml")
     assert ("nce_loss" in second["history"][0]) == (estimator == "nce")
     if estimator == "nce":
         assert 0.0 <= second["history"][0]["nce_accuracy"] <= 1.0
-    # and the histograms of f set generation's samples beside the draws of p0 that NCE classified
-    assert ("base p0 (NCE's noise)" in second["energy_overlap"]["f_mean"]) == (estimator == "nce")
+    # and the histograms of f set generation's samples beside the noise's draws that NCE classified
+    assert ("NCE's noise" in second["energy_overlap"]["f_mean"]) == (estimator == "nce")

@@ -103,7 +103,7 @@ def test_noise_contrastive_training_watches_the_classifier_and_stops_when_it_is_
     model, guide = build(EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, estimator="nce")))
     (record,) = fit(model, guide, batches(data, labels), TrainConfig(epochs=1), progress=False)
     assert "energy_gap" not in record
-    assert 0.0 <= record["nce_accuracy"] <= 1.0 and 0.0 < record["nce_loss"] and record["f_base"] == record["f_base"]
+    assert 0.0 <= record["nce_accuracy"] <= 1.0 and 0.0 < record["nce_loss"] and record["f_noise"] == record["f_noise"]
     watch = NoiseContrastWatch(model.prior)
     with pytest.raises(EBMDivergenceError, match="step 7: the noise-contrastive watch.*'nce_loss': nan"):
         watch.end_step([0.5, -0.5, float("nan"), 0.5, 0.0], 7)

@@ -88,15 +88,15 @@ class EnergyGapWatch(TrainingHook):
 class NoiseContrastWatch(TrainingHook):
     """``f_α`` as the noise-contrastive classifier at every step, from the prior's
     :class:`~pyro_mmebm.ebm.NoiseContrastMonitor`, averaged over all processes: logged
-    (``ebm/nce_loss``, ``ebm/nce_accuracy``, ``ebm/f_positive``, ``ebm/f_base`` and
+    (``ebm/nce_loss``, ``ebm/nce_accuracy``, ``ebm/f_positive``, ``ebm/f_noise`` and
     ``ebm/log_normaliser``, the estimate of ``log Z(α)``, 0 at the optimum) and summarised per epoch
-    by their means (``nce_loss``, ``nce_accuracy``, ``f_positive``, ``f_base``, ``log_normaliser``).
+    by their means (``nce_loss``, ``nce_accuracy``, ``f_positive``, ``f_noise``, ``log_normaliser``).
 
     The logistic loss is bounded below, so nothing here can run away as the maximum-likelihood gap
     can; a non-finite value stops training with :class:`~pyro_mmebm.ebm.EBMDivergenceError`.
     """
 
-    NAMES = ("f_positive", "f_base", "nce_loss", "nce_accuracy", "log_normaliser")
+    NAMES = ("f_positive", "f_noise", "nce_loss", "nce_accuracy", "log_normaliser")
 
     def __init__(self, prior: EnergyBasedPrior) -> None:
         self.monitor = prior.monitor

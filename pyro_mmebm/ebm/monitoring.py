@@ -19,7 +19,7 @@ behind. A gap well above it means the chains do not follow ``f_α``; without a p
 runaway (seen on PolyMNIST: from 1 to 10¹³ within a few hundred steps).
 
 Noise-contrastive estimation draws no Langevin negatives, so it has no energy gap to watch. Its
-``f_α`` is the logit of a classifier of posterior samples against draws of the base ``p0``; what shows
+``f_α`` is the logit of a classifier of posterior samples against draws of a noise (the base ``p0``); what shows
 its progress is that classifier's logistic loss and accuracy, and ``log Z(α) = log E_{p0}[exp f_α]``,
 which is 0 at the estimator's optimum ``f_α = log q − log p0`` (:class:`NoiseContrastMonitor`).
 """
@@ -71,15 +71,17 @@ class EnergyGapMonitor:
 class NoiseContrastMonitor:
     r"""The last step's view of ``f_α`` as the noise-contrastive classifier (``estimator = "nce"``).
 
-    From ``f_α`` on the ``n`` scored posterior samples ``z`` and on the ``m`` draws ``z⁰ ~ p0``:
+    From ``f_α`` and the classifier's logit ``h`` on the ``n`` scored posterior samples ``z`` and on the
+    ``m`` draws ``z⁰`` of the noise ``ν`` (``h = f_α + log p0 − log ν``; ``h = f_α`` when ``ν = p0``):
 
-    - ``positive_mean``, ``base_mean``: the means of ``f_α(z)`` and ``f_α(z⁰)``;
-    - ``loss``: the logistic loss ``mean softplus(−f_α(z)) + mean softplus(f_α(z⁰))`` that the estimator
+    - ``positive_mean``, ``noise_mean``: the means of ``f_α(z)`` and ``f_α(z⁰)``;
+    - ``loss``: the logistic loss ``mean softplus(−h(z)) + mean softplus(h(z⁰))`` that the estimator
       descends (``2 log 2 ≈ 1.386`` for a classifier that cannot tell the two apart);
-    - ``accuracy``: the fraction of all ``n + m`` classified right (``f_α(z) > 0``, ``f_α(z⁰) < 0``);
-    - ``log_normaliser``: ``log (1/m) Σ exp f_α(z⁰)``, the estimate of ``log Z(α)`` from the same draws
-      (0 at the optimum, where the tilted prior is the aggregate posterior itself; biased low by
-      Jensen's inequality for few draws or a peaked ``f_α``).
+    - ``accuracy``: the fraction of all ``n + m`` classified right (``h(z) > 0``, ``h(z⁰) < 0``);
+    - ``log_normaliser``: ``log (1/m) Σ exp h(z⁰)``, the importance-sampling estimate of
+      ``log Z(α) = log E_ν[exp(f_α) p0 / ν]`` from the same draws (0 at the optimum, where the tilted
+      prior is the aggregate posterior itself; biased low by Jensen's inequality for few draws or a
+      peaked ``f_α``).
 
     Values are kept as detached tensors, so recording never forces a device synchronisation.
     """
@@ -88,24 +90,29 @@ class NoiseContrastMonitor:
 
     def __init__(self) -> None:
         self.positive_mean: Optional[Tensor] = None
-        self.base_mean: Optional[Tensor] = None
+        self.noise_mean: Optional[Tensor] = None
         self.loss: Optional[Tensor] = None
         self.accuracy: Optional[Tensor] = None
         self.log_normaliser: Optional[Tensor] = None
 
-    def record(self, positive: Tensor, base: Tensor) -> None:
-        positive, base = positive.detach().flatten(), base.detach().flatten()
-        self.positive_mean, self.base_mean = positive.mean(), base.mean()
-        self.loss = softplus(-positive).mean() + softplus(base).mean()
-        right = (positive > 0).sum() + (base < 0).sum()
-        self.accuracy = right / (positive.numel() + base.numel())
-        self.log_normaliser = torch.logsumexp(base, 0) - math.log(base.numel())
+    def record(
+        self, positive: Tensor, noise: Tensor, positive_logit: Optional[Tensor] = None,
+        noise_logit: Optional[Tensor] = None,
+    ) -> None:
+        """From ``f_α`` on the scored latents and the noise's draws, and their logits (default ``f_α``)."""
+        self.positive_mean, self.noise_mean = positive.detach().mean(), noise.detach().mean()
+        positive = (positive if positive_logit is None else positive_logit).detach().flatten()
+        noise = (noise if noise_logit is None else noise_logit).detach().flatten()
+        self.loss = softplus(-positive).mean() + softplus(noise).mean()
+        right = (positive > 0).sum() + (noise < 0).sum()
+        self.accuracy = right / (positive.numel() + noise.numel())
+        self.log_normaliser = torch.logsumexp(noise, 0) - math.log(noise.numel())
 
     def values(self) -> Optional[list[Tensor]]:
-        """``[positive_mean, base_mean, loss, accuracy, log_normaliser]``, or ``None`` before any record."""
+        """``[positive_mean, noise_mean, loss, accuracy, log_normaliser]``, or ``None`` before any record."""
         if self.loss is None:
             return None
-        return [self.positive_mean, self.base_mean, self.loss, self.accuracy, self.log_normaliser]
+        return [self.positive_mean, self.noise_mean, self.loss, self.accuracy, self.log_normaliser]
 
 
 def penalty_gap(regularisation: float, positive_square_mean: float, negative_square_mean: float) -> float:

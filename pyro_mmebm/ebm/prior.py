@@ -15,6 +15,7 @@ from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
 from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
 from pyro_mmebm.ebm.langevin import LangevinConfig, PersistentChains
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor, NoiseContrastMonitor
+from pyro_mmebm.ebm.noise import NCE_NOISES, BaseAndFittedGaussian
 from pyro_mmebm.ebm.tilted_laplace import ESTIMATORS, TiltedLaplace
 from pyro_mmebm.settings import at_least, check_settings, fraction, non_negative, positive, setting
 
@@ -48,6 +49,10 @@ class EBMPriorConfig:
         noise-contrastive estimation against draws of ``p0``, which runs no chain while training (see
         :class:`~pyro_mmebm.ebm.TiltedLaplace`). With ``"ml"`` training watches the energy gap, with
         ``"nce"`` the classifier's loss, accuracy and ``log Z(α)``.
+    :param nce_noise: what ``"nce"`` classifies posterior draws against
+        (:data:`~pyro_mmebm.ebm.noise.NCE_NOISES`): ``"base"``, ``p0``; or ``"base+gaussian"``, half
+        ``p0`` and half a Gaussian moment-matched to the posterior draws
+        (:class:`~pyro_mmebm.ebm.noise.BaseAndFittedGaussian`), for an aggregate posterior far from ``p0``.
     :param langevin: the sampler of the training negatives (``"ml"``) and of generation.
     """
 
@@ -63,6 +68,9 @@ class EBMPriorConfig:
         0.0, "fraction of f's gradient in z that reaches the encoders (0: none)", check=fraction
     )
     estimator: str = setting("ml", "how f is trained: ml (Langevin negatives) or nce (against p0)", choices=ESTIMATORS)
+    nce_noise: str = setting(
+        "base", "what nce classifies posterior draws against: base (p0) or base+gaussian", choices=NCE_NOISES
+    )
     generation_steps: Optional[int] = setting(
         None, "Langevin steps for generation (None: --langevin-steps)", check=at_least(0)
     )
@@ -73,6 +81,8 @@ class EBMPriorConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.nce_noise != "base" and self.estimator != "nce":
+            raise ValueError(f"nce_noise {self.nce_noise!r} is for the 'nce' estimator; this one is {self.estimator!r}")
 
     @property
     def generation(self) -> LangevinConfig:
@@ -108,6 +118,7 @@ class EnergyBasedPrior(nn.Module):
         self.base = base
         self.persistent_chains = PersistentChains() if config.persistent else None
         self.monitor = NoiseContrastMonitor() if config.estimator == "nce" else EnergyGapMonitor()
+        self.noise = BaseAndFittedGaussian(latent_dim) if config.nce_noise == "base+gaussian" else None
         self.tilted = True
         self.forward()  # checks the base now rather than at the first training step
 
@@ -125,6 +136,7 @@ class EnergyBasedPrior(nn.Module):
             regularisation=self.config.regularisation,
             encoder_gradient=self.config.encoder_gradient,
             estimator=self.config.estimator,
+            noise=self.noise,
             persistent_chains=self.persistent_chains,
             monitor=self.monitor,
         )

@@ -18,6 +18,7 @@ from pyro_mmebm.ebm.langevin import (
     langevin_sample,
 )
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor, NoiseContrastMonitor
+from pyro_mmebm.ebm.noise import BaseAndFittedGaussian
 
 ESTIMATORS = ("ml", "nce")
 """How :class:`TiltedLaplace` trains ``f_α``: maximum likelihood with Langevin negatives, or
@@ -62,7 +63,9 @@ class TiltedLaplace(TorchDistribution):
     base [3, 4]: ``f_α`` as the logit of a classifier of the scored ``z`` against as many draws
     ``z⁰ ~ p0``, each ``z`` ascending ``−log(1 + e^{−f_α(z)}) − mean log(1 + e^{f_α(z⁰)})``. Its
     optimum is ``f_α = log q − log p0`` for scored draws ``z ~ q``: the tilted prior is then ``q``
-    itself, normalised (``Z(α) = 1``). No Langevin chain runs while training; the values of
+    itself, normalised (``Z(α) = 1``). With a ``noise`` ``ν`` other than ``p0`` (its draws in place of
+    ``p0``'s), the classifier's logit is ``h = f_α + log p0 − log ν`` in place of ``f_α``, with the same
+    optimum. No Langevin chain runs while training; the values of
     :meth:`log_prob` and its ``z``-gradient are as with maximum likelihood. A penalty (which this
     estimator does not need: its loss is bounded below) is taken on the scored ``z`` and the draws of ``p0``.
 
@@ -88,6 +91,9 @@ class TiltedLaplace(TorchDistribution):
         ``α``'s gradient are unchanged.
     :param str estimator: how :meth:`log_prob` trains ``α``, one of :data:`ESTIMATORS`: ``"ml"``
         (maximum likelihood, Langevin negatives) or ``"nce"`` (noise-contrastive, draws of ``p0``).
+    :param noise: with ``"nce"``, a noise other than ``p0``
+        (:class:`~pyro_mmebm.ebm.noise.BaseAndFittedGaussian`), updated with the scored latents at
+        every training call; default ``p0``.
     :param int num_negatives: number of negatives (Langevin samples, or draws of ``p0``) per
         :meth:`log_prob` call; default one per element of the value's batch.
     :param PersistentChains persistent_chains: when given, negatives continue these chains.
@@ -112,6 +118,7 @@ class TiltedLaplace(TorchDistribution):
         regularisation: float = 0.0,
         encoder_gradient: float = 1.0,
         estimator: str = "ml",
+        noise: Optional[BaseAndFittedGaussian] = None,
         num_negatives: Optional[int] = None,
         persistent_chains: Optional[PersistentChains] = None,
         monitor: Optional[EnergyGapMonitor | NoiseContrastMonitor] = None,
@@ -141,6 +148,9 @@ class TiltedLaplace(TorchDistribution):
             raise ValueError(
                 f"{type(monitor).__name__} watches the {monitor.estimator!r} estimator; this prior's is {estimator!r}"
             )
+        if noise is not None and estimator != "nce":
+            raise ValueError(f"a noise other than p0 is for the 'nce' estimator; this prior's is {estimator!r}")
+        self.noise = noise
         self.num_negatives = num_negatives
         self.persistent_chains = persistent_chains
         self.monitor = monitor
@@ -152,7 +162,7 @@ class TiltedLaplace(TorchDistribution):
         new.loc = self.loc.expand(batch_shape + self.event_shape)
         new.scale = self.scale.expand(batch_shape + self.event_shape)
         for name in ("energy", "base", "langevin", "generation", "regularisation", "encoder_gradient",
-                     "estimator", "num_negatives", "persistent_chains", "monitor"):
+                     "estimator", "noise", "num_negatives", "persistent_chains", "monitor"):
             setattr(new, name, getattr(self, name))
         super(TiltedLaplace, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -226,13 +236,23 @@ class TiltedLaplace(TorchDistribution):
         init = self.base_dist.sample(sample_shape)
         return self._langevin(init, self.generation, self.loc, self.scale)
 
+    def _first_base(self) -> TorchDistribution:
+        """The base of the first batch element, event shape ``(d,)``: a prior's base is shared by the batch."""
+        d = self.event_shape[0]
+        loc, scale = self.loc.reshape(-1, d)[0], self.scale.reshape(-1, d)[0]
+        return LOCATION_SCALE_FAMILIES[self.base](loc, scale, validate_args=False).to_event(1)
+
     def _base_draws(self, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
         """``num_samples`` draws of the base of the first batch element, shape ``(num_samples, d)``,
         with its ``loc`` and ``scale``."""
-        d = self.event_shape[0]
-        loc, scale = self.loc.reshape(-1, d)[0], self.scale.reshape(-1, d)[0]
-        base = LOCATION_SCALE_FAMILIES[self.base](loc, scale, validate_args=False).to_event(1)
-        return base.sample((num_samples,)), loc, scale
+        base = self._first_base()
+        return base.sample((num_samples,)), base.base_dist.loc, base.base_dist.scale
+
+    def noise_draws(self, num_samples: int) -> Tensor:
+        """``num_samples`` draws of what noise-contrastive estimation classifies the scored latents
+        against, shape ``(num_samples, d)``: ``p0``, or the ``noise`` given."""
+        base = self._first_base()
+        return base.sample((num_samples,)) if self.noise is None else self.noise.sample(base, num_samples)
 
     def negative_samples(self, num_samples: int) -> Tensor:
         """``num_samples`` Langevin negatives ``z⁻`` of shape ``(num_samples, d)``.
@@ -260,19 +280,26 @@ class TiltedLaplace(TorchDistribution):
             return log_prob
         num_negatives = self.num_negatives or max(1, value.shape[:-1].numel())
         if self.estimator == "nce":
-            negatives = self._base_draws(num_negatives)[0]
+            if self.noise is not None:
+                self.noise.update(value)
+            negatives = self.noise_draws(num_negatives)
             negative = self._energy(negatives)
             self._check_energy_finite({
                 "the latents scored (posterior samples)": (value, positive),
-                "the draws of the base": (negatives, negative),
+                "the draws of the noise": (negatives, negative),
             })
-            if self.monitor is not None:
-                self.monitor.record(positive, negative)
-            # each scored z's α-gradient becomes σ(−f) ∇f, the logistic loss's, instead of ∇f
             at_value = self._energy(value.detach())
-            correction = -nn.functional.softplus(-at_value) - at_value
+            positive_logit, negative_logit = at_value, negative  # the classifier's logits h
+            if self.noise is not None:
+                base = self._first_base()
+                positive_logit = positive_logit + self.noise.log_ratio_to_base(base, value.detach())
+                negative_logit = negative_logit + self.noise.log_ratio_to_base(base, negatives)
+            if self.monitor is not None:
+                self.monitor.record(positive, negative, positive_logit, negative_logit)
+            # each scored z's α-gradient becomes σ(−h) ∇f, the logistic loss's, instead of ∇f
+            correction = -nn.functional.softplus(-positive_logit) - at_value
             log_prob = log_prob + (correction - correction.detach())
-            surrogate = -nn.functional.softplus(negative).mean()
+            surrogate = -nn.functional.softplus(negative_logit).mean()
         else:
             negatives = self.negative_samples(num_negatives)
             negative = self._energy(negatives)

@@ -118,7 +118,7 @@ def energy_overlap(model: nn.Module, guide: nn.Module, loader: Iterable, figure_
     generation uses, with the histograms saved at ``figure_path``: a prior that generation samples
     correctly gives overlapping histograms, ``E_q[f] − E_{p_α}[f] ≈ 0``. Also shown: with maximum
     likelihood, the training negatives' chains when generation runs other ones; with noise-contrastive
-    estimation, the draws of ``p0`` that ``f_α`` learned to tell from the posterior's."""
+    estimation, the draws of the noise that ``f_α`` learned to tell from the posterior's."""
     prior = model.prior
     device = prior.loc.device
     posterior = torch.cat([
@@ -130,7 +130,7 @@ def energy_overlap(model: nn.Module, guide: nn.Module, loader: Iterable, figure_
     generated = f"prior, Langevin K={generation.steps}, s={generation.step_size}"
     samples[generated] = p_alpha.sample((len(posterior),))
     if p_alpha.estimator == "nce":
-        samples["base p0 (NCE's noise)"] = p_alpha.base_dist.sample((len(posterior),))
+        samples["NCE's noise"] = p_alpha.noise_draws(len(posterior))
     elif generation != negatives:
         label = f"prior, Langevin K={negatives.steps}, s={negatives.step_size} (training's negatives)"
         samples[label] = langevin_sample(
