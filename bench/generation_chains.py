@@ -17,6 +17,9 @@ and reports, per sampler:
   share of the coherent samples (near 1: the coherence is one blurred class, not generation);
 - the seconds the sampler costs per 1,000 samples.
 
+``--starts noise`` starts the chains from the Gaussian that ``--ebm-nce-noise base+gaussian`` fitted
+to the posterior draws instead of from ``p0`` (its ``K = 0`` row: that Gaussian's own samples).
+
 ``--modalities`` restricts joint coherence (and the ceiling) to some modalities: while one
 modality's decoder does not yet draw the digit, every sample disagrees there, and the prior's effect
 shows only on the others. For a run with another prior (the Laplace baseline) it reports the ceiling and the prior's own row.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from torch.utils.data import DataLoader
 from pyro_mmebm.data import strided_subset
 from pyro_mmebm.diagnostics.figures import plot_energy_histograms
 from pyro_mmebm.ebm import EnergyBasedPrior, penalty_gap
+from pyro_mmebm.ebm.tilted_laplace import GENERATION_STARTS
 from pyro_mmebm.evaluation.coherence import (
     aggregate_posterior_coherence,
     format_table,
@@ -83,33 +88,37 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         f_on_posterior = energy(posterior)
     f_posterior, f2_posterior = float(f_on_posterior.mean()), float(f_on_posterior.square().mean())
-    rows = [{"sampler": "aggregate posterior q(z)", "K": None, "s": None, "f_mean": f_posterior, "gap": 0.0,
+    rows = [{"sampler": "aggregate posterior q(z)", "start": None, "K": None, "s": None, "f_mean": f_posterior, "gap": 0.0,
              "penalty_gap": None, "joint": ceiling, "top_digit": None, "s_per_1000": None}]
     histograms = {"posterior q(z|X)": posterior}
     step_sizes = args.step_sizes or [trained.generation.step_size]
-    for step_size in step_sizes:
-        for steps in args.steps:
-            if steps == 0 and step_size != step_sizes[0]:
-                continue  # p0 does not depend on the step size
-            model.prior.config = dataclasses.replace(trained, generation_steps=steps, generation_step_size=step_size)
-            torch.manual_seed(args.seed)
-            started = time.perf_counter()
-            z = model.prior().sample((args.samples,))
-            seconds = time.perf_counter() - started
-            with torch.no_grad():
-                f_samples = energy(z)
-            f_mean = float(f_samples.mean())
-            # the gap the magnitude penalty sustains against these samples (at the trained sampler,
-            # the training gap's equilibrium; see pyro_mmebm.ebm.monitoring)
-            sustained = penalty_gap(trained.regularisation, f2_posterior, float(f_samples.square().mean()))
-            label = "p0" if steps == 0 else f"Langevin K={steps}, s={step_size:g}"
-            rows.append({"sampler": label, "K": steps, "s": step_size if steps else None, "f_mean": f_mean,
-                         "gap": f_posterior - f_mean, "penalty_gap": sustained,
-                         **coherence_of_samples(model, classifiers, args.samples, device, args.seed),
-                         "s_per_1000": 1000 * seconds / args.samples})
-            if steps == 0 or step_size == step_sizes[0]:
-                histograms[label] = z
-            print(format_table(rows[-1:]), flush=True)
+    starts = args.starts or [trained.generation_start]
+    for start, step_size, steps in itertools.product(starts, step_sizes, args.steps):
+        if steps == 0 and step_size != step_sizes[0]:
+            continue  # the chains' starts do not depend on the step size
+        model.prior.config = dataclasses.replace(
+            trained, generation_steps=steps, generation_step_size=step_size, generation_start=start
+        )
+        torch.manual_seed(args.seed)
+        started = time.perf_counter()
+        z = model.prior().sample((args.samples,))
+        seconds = time.perf_counter() - started
+        with torch.no_grad():
+            f_samples = energy(z)
+        f_mean = float(f_samples.mean())
+        # the gap the magnitude penalty sustains against these samples (at the trained sampler,
+        # the training gap's equilibrium; see pyro_mmebm.ebm.monitoring)
+        sustained = penalty_gap(trained.regularisation, f2_posterior, float(f_samples.square().mean()))
+        start_label = {"base": "p0", "noise": "fitted Gaussian"}[start]
+        label = start_label if steps == 0 else f"Langevin K={steps}, s={step_size:g}"
+        label += "" if start == "base" or steps == 0 else ", from the fitted Gaussian"
+        rows.append({"sampler": label, "start": start, "K": steps, "s": step_size if steps else None, "f_mean": f_mean,
+                     "gap": f_posterior - f_mean, "penalty_gap": sustained,
+                     **coherence_of_samples(model, classifiers, args.samples, device, args.seed),
+                     "s_per_1000": 1000 * seconds / args.samples})
+        if start == starts[0] and (steps == 0 or step_size == step_sizes[0]):
+            histograms[label] = z
+        print(format_table(rows[-1:]), flush=True)
     model.prior.config = trained
     plot_energy_histograms(energy, histograms, path=out / "generation_f_histograms.png")
     return write_table(rows, results, out, "generation_chains")
@@ -121,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="default: RUN/generation_chains")
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 60, 250, 1000])
     parser.add_argument("--step-sizes", type=float, nargs="+", help="default: the run's own")
+    parser.add_argument("--starts", nargs="+", choices=GENERATION_STARTS,
+                        help="where the chains start (noise: the fitted Gaussian of nce); default: the run's own")
     parser.add_argument("--samples", type=int, default=2000, help="prior samples per sampler")
     parser.add_argument("--eval-size", type=int, default=2000, help="test tuples (strided) for q(z) and the ceiling")
     add_analysis_arguments(parser)

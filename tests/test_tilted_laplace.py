@@ -317,6 +317,24 @@ def test_noise_contrastive_with_a_fitted_gaussian_learns_the_ratio_where_the_bas
     assert abs(watched["base+gaussian"]) < 0.3, watched
 
 
+def test_generation_starts_its_chains_from_the_fitted_gaussian_when_asked():
+    """``generation_start="noise"``: the chains start from the noise's Gaussian, so with no step the
+    samples are its own draws."""
+    noise = BaseAndFittedGaussian(1, decay=0.0)
+    noise.update(torch.full((4, 1), 6.0) + torch.tensor([[-0.2], [0.2], [-0.2], [0.2]]))  # N(6, 0.2²)
+    peaked = LinearTilt(torch.tensor([0.5]))
+    torch.manual_seed(0)
+    drawn = tilted(peaked, 1, steps=0, estimator="nce", noise=noise, generation_start="noise").sample((500,))
+    torch.manual_seed(0)
+    assert torch.equal(drawn, noise.gaussian().sample((500,)))
+    with pytest.raises(ValueError, match="generation_start 'noise' starts the chains from the noise's Gaussian"):
+        tilted(peaked, 1, estimator="nce", generation_start="noise")
+    with pytest.raises(ValueError, match="unknown generation_start 'prior'"):
+        tilted(peaked, 1, estimator="nce", noise=noise, generation_start="prior")
+    with pytest.raises(ValueError, match="generation_start 'noise' starts from the Gaussian of nce_noise"):
+        EBMPriorConfig(estimator="nce", generation_start="noise")
+
+
 def test_regularisation_changes_gradient_not_value():
     energy = EnergyMLP(2, 8, 2)
     z = torch.randn(16, 2)

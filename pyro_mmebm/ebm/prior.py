@@ -16,7 +16,7 @@ from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
 from pyro_mmebm.ebm.langevin import LangevinConfig, PersistentChains
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor, NoiseContrastMonitor
 from pyro_mmebm.ebm.noise import NCE_NOISES, BaseAndFittedGaussian
-from pyro_mmebm.ebm.tilted_laplace import ESTIMATORS, TiltedLaplace
+from pyro_mmebm.ebm.tilted_laplace import ESTIMATORS, GENERATION_STARTS, TiltedLaplace
 from pyro_mmebm.settings import at_least, check_settings, fraction, non_negative, positive, setting
 
 
@@ -53,6 +53,8 @@ class EBMPriorConfig:
         (:data:`~pyro_mmebm.ebm.noise.NCE_NOISES`): ``"base"``, ``p0``; or ``"base+gaussian"``, half
         ``p0`` and half a Gaussian moment-matched to the posterior draws
         (:class:`~pyro_mmebm.ebm.noise.BaseAndFittedGaussian`), for an aggregate posterior far from ``p0``.
+    :param generation_start: where generation's chains start: ``"base"``, ``p0``; ``"noise"``, the
+        Gaussian of ``nce_noise="base+gaussian"``, fitted to the posterior draws.
     :param langevin: the sampler of the training negatives (``"ml"``) and of generation.
     """
 
@@ -77,12 +79,18 @@ class EBMPriorConfig:
     generation_step_size: Optional[float] = setting(
         None, "Langevin step size for generation (None: --langevin-step-size)", check=positive
     )
+    generation_start: str = setting(
+        "base", "where generation's Langevin chains start: base (p0) or noise (the fitted Gaussian of nce)",
+        choices=GENERATION_STARTS,
+    )
     langevin: LangevinConfig = field(default_factory=LangevinConfig)
 
     def __post_init__(self) -> None:
         check_settings(self)
         if self.nce_noise != "base" and self.estimator != "nce":
             raise ValueError(f"nce_noise {self.nce_noise!r} is for the 'nce' estimator; this one is {self.estimator!r}")
+        if self.generation_start == "noise" and self.nce_noise != "base+gaussian":
+            raise ValueError("generation_start 'noise' starts from the Gaussian of nce_noise 'base+gaussian'")
 
     @property
     def generation(self) -> LangevinConfig:
@@ -137,6 +145,7 @@ class EnergyBasedPrior(nn.Module):
             encoder_gradient=self.config.encoder_gradient,
             estimator=self.config.estimator,
             noise=self.noise,
+            generation_start=self.config.generation_start,
             persistent_chains=self.persistent_chains,
             monitor=self.monitor,
         )

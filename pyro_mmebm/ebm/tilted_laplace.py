@@ -20,6 +20,10 @@ from pyro_mmebm.ebm.langevin import (
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor, NoiseContrastMonitor
 from pyro_mmebm.ebm.noise import BaseAndFittedGaussian
 
+GENERATION_STARTS = ("base", "noise")
+"""Where :meth:`TiltedLaplace.sample`'s Langevin chains start: draws of ``p0``, or of the Gaussian
+fitted for noise-contrastive estimation (:class:`~pyro_mmebm.ebm.noise.BaseAndFittedGaussian`)."""
+
 ESTIMATORS = ("ml", "nce")
 """How :class:`TiltedLaplace` trains ``f_α``: maximum likelihood with Langevin negatives, or
 noise-contrastive estimation against draws of the base."""
@@ -94,6 +98,10 @@ class TiltedLaplace(TorchDistribution):
     :param noise: with ``"nce"``, a noise other than ``p0``
         (:class:`~pyro_mmebm.ebm.noise.BaseAndFittedGaussian`), updated with the scored latents at
         every training call; default ``p0``.
+    :param str generation_start: where :meth:`sample`'s chains start, one of :data:`GENERATION_STARTS`:
+        ``"base"``, draws of ``p0`` (the paper's short-run sampler); ``"noise"``, draws of the
+        ``noise``'s Gaussian, moment-matched to the posterior draws: nearer a prior far from ``p0``.
+        The chains target ``p_α`` either way.
     :param int num_negatives: number of negatives (Langevin samples, or draws of ``p0``) per
         :meth:`log_prob` call; default one per element of the value's batch.
     :param PersistentChains persistent_chains: when given, negatives continue these chains.
@@ -119,6 +127,7 @@ class TiltedLaplace(TorchDistribution):
         encoder_gradient: float = 1.0,
         estimator: str = "ml",
         noise: Optional[BaseAndFittedGaussian] = None,
+        generation_start: str = "base",
         num_negatives: Optional[int] = None,
         persistent_chains: Optional[PersistentChains] = None,
         monitor: Optional[EnergyGapMonitor | NoiseContrastMonitor] = None,
@@ -151,6 +160,11 @@ class TiltedLaplace(TorchDistribution):
         if noise is not None and estimator != "nce":
             raise ValueError(f"a noise other than p0 is for the 'nce' estimator; this prior's is {estimator!r}")
         self.noise = noise
+        if generation_start not in GENERATION_STARTS:
+            raise ValueError(f"unknown generation_start {generation_start!r}; choose one of {GENERATION_STARTS}")
+        if generation_start == "noise" and noise is None:
+            raise ValueError("generation_start 'noise' starts the chains from the noise's Gaussian, and there is no noise")
+        self.generation_start = generation_start
         self.num_negatives = num_negatives
         self.persistent_chains = persistent_chains
         self.monitor = monitor
@@ -162,7 +176,7 @@ class TiltedLaplace(TorchDistribution):
         new.loc = self.loc.expand(batch_shape + self.event_shape)
         new.scale = self.scale.expand(batch_shape + self.event_shape)
         for name in ("energy", "base", "langevin", "generation", "regularisation", "encoder_gradient",
-                     "estimator", "noise", "num_negatives", "persistent_chains", "monitor"):
+                     "estimator", "noise", "generation_start", "num_negatives", "persistent_chains", "monitor"):
             setattr(new, name, getattr(self, name))
         super(TiltedLaplace, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -226,14 +240,18 @@ class TiltedLaplace(TorchDistribution):
         return samples
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
-        """Langevin samples, started from ``p0``, shape ``sample_shape + batch_shape + event_shape``.
+        """Langevin samples, started from ``p0`` (or, with ``generation_start="noise"``, from the
+        Gaussian of the ``noise``), shape ``sample_shape + batch_shape + event_shape``.
 
         :raises LangevinDivergenceError: when the chains diverge, or end farther than
             :data:`MAX_BASE_SCALES` from the base's centre (a step size far too large).
         :raises ValueError: naming the energy network, when ``f_α`` returns the wrong shape, or inf or
             NaN where the chains start.
         """
-        init = self.base_dist.sample(sample_shape)
+        if self.generation_start == "noise":
+            init = self.noise.gaussian().expand(self.batch_shape).sample(sample_shape)
+        else:
+            init = self.base_dist.sample(sample_shape)
         return self._langevin(init, self.generation, self.loc, self.scale)
 
     def _first_base(self) -> TorchDistribution:

@@ -120,7 +120,8 @@ RUN_FILE_PATTERNS = (
 """The files :func:`~pyro_mmebm.experiment.run` writes into ``config.out``: a folder holding any of them holds a run."""
 
 RESUMABLE_SETTINGS = (
-    "epochs", "two_stage_epochs", "max_energy_gap", "ebm_generation_steps", "ebm_generation_step_size", "device",
+    "epochs", "two_stage_epochs", "max_energy_gap", "ebm_generation_steps", "ebm_generation_step_size", "ebm_generation_start",
+    "device",
     "tensorboard", "data_root", "source_root", "download", "cache_dir", "eval_size", "eval_batch_size", "joint_samples",
     "probe_train_size", "max_source_size", "classifier_epochs", "channels_last", "precision", "compile",
 )
