@@ -88,8 +88,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         f_on_posterior = energy(posterior)
     f_posterior, f2_posterior = float(f_on_posterior.mean()), float(f_on_posterior.square().mean())
-    rows = [{"sampler": "aggregate posterior q(z)", "start": None, "K": None, "s": None, "f_mean": f_posterior, "gap": 0.0,
-             "penalty_gap": None, "joint": ceiling, "top_digit": None, "s_per_1000": None}]
+    rows = [{"sampler": "aggregate posterior q(z)", "start": None, "K": None, "s": None, "f_mean": f_posterior,
+             "gap": 0.0, "penalty_gap": None, "joint": ceiling, "top_digit": None, "s_per_1000": None}]
     histograms = {"posterior q(z|X)": posterior}
     step_sizes = args.step_sizes or [trained.generation.step_size]
     starts = args.starts or [trained.generation_start]
@@ -109,11 +109,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         # the gap the magnitude penalty sustains against these samples (at the trained sampler,
         # the training gap's equilibrium; see pyro_mmebm.ebm.monitoring)
         sustained = penalty_gap(trained.regularisation, f2_posterior, float(f_samples.square().mean()))
-        start_label = {"base": "p0", "noise": "fitted Gaussian"}[start]
-        label = start_label if steps == 0 else f"Langevin K={steps}, s={step_size:g}"
-        label += "" if start == "base" or steps == 0 else ", from the fitted Gaussian"
-        rows.append({"sampler": label, "start": start, "K": steps, "s": step_size if steps else None, "f_mean": f_mean,
-                     "gap": f_posterior - f_mean, "penalty_gap": sustained,
+        if steps == 0:
+            label = {"base": "p0", "noise": "fitted Gaussian"}[start]
+        else:
+            label = f"Langevin K={steps}, s={step_size:g}" + ("" if start == "base" else ", from the fitted Gaussian")
+        rows.append({"sampler": label, "start": start, "K": steps, "s": step_size if steps else None,
+                     "f_mean": f_mean, "gap": f_posterior - f_mean, "penalty_gap": sustained,
                      **coherence_of_samples(model, classifiers, args.samples, device, args.seed),
                      "s_per_1000": 1000 * seconds / args.samples})
         if start == starts[0] and (steps == 0 or step_size == step_sizes[0]):
