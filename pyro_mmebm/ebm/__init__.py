@@ -3,6 +3,7 @@
 - :mod:`~pyro_mmebm.ebm.energy`: the energy network ``f_α`` (:class:`EnergyMLP`);
 - :mod:`~pyro_mmebm.ebm.langevin`: the short-run Langevin sampler, its settings and persistent chains;
 - :mod:`~pyro_mmebm.ebm.tilted_laplace`: the prior as a Pyro distribution (:class:`TiltedLaplace`);
+- :mod:`~pyro_mmebm.ebm.noise`: what noise-contrastive estimation classifies against when not ``p0``;
 - :mod:`~pyro_mmebm.ebm.monitoring`: what is recorded of ``f_α`` while training (the energy gap; with
   noise-contrastive estimation, the classifier), and the gap's divergence;
 - :mod:`~pyro_mmebm.ebm.hooks`: what training does for the prior (its warm-up, the prior watched at
@@ -30,12 +31,14 @@ from pyro_mmebm.ebm.monitoring import (
     check_energy_gap,
     penalty_gap,
 )
+from pyro_mmebm.ebm.noise import NCE_NOISES, BaseAndFittedGaussian
 from pyro_mmebm.ebm.prior import EBMPriorConfig, EnergyBasedPrior
 from pyro_mmebm.ebm.tilted_laplace import MAX_BASE_SCALES, TiltedLaplace
 
 __all__ = [
     "ACTIVATIONS",
     "AISResult",
+    "BaseAndFittedGaussian",
     "BasePriorWarmup",
     "EBMDivergenceError",
     "EBMPriorConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "LangevinDivergenceError",
     "LangevinRun",
     "MAX_BASE_SCALES",
+    "NCE_NOISES",
     "NoiseContrastMonitor",
     "NoiseContrastWatch",
     "PersistentChains",
