@@ -178,23 +178,30 @@ class FarPosterior(KnownPosterior):
     loc, scale = torch.tensor([4.0, -3.0]), 0.3
 
 
+def fit_to_known_posterior(prior, guide, batch_size, steps, slower_from):
+    """Fit ``prior`` by the two-stage loss to ``guide``'s draws for ``batch_size`` examples: Adam at
+    1e-2, then 1e-3 from step ``slower_from``; returns the batch."""
+    from pyro_mmebm.two_stage import PriorNegativeLogLikelihood
+
+    loss_fn = PriorNegativeLogLikelihood(prior, guide)
+    optimizer = torch.optim.Adam(prior.energy.parameters(), lr=1e-2)
+    batch = {"x": torch.zeros(batch_size, 1)}
+    for step in range(steps):
+        if step == slower_from:
+            optimizer.param_groups[0]["lr"] = 1e-3
+        optimizer.zero_grad()
+        (loss_fn(batch) / batch_size).backward()
+        optimizer.step()
+    return batch
+
+
 def test_noise_contrastive_two_stage_fit_learns_the_log_density_ratio_to_the_base():
     """The minimiser of the logistic loss is ``f = log q − log p0``: the tilted prior is ``q``, with
     ``Z(α) = 1``. Fitted by the two-stage loss to a known ``q``."""
-    from pyro_mmebm.two_stage import PriorNegativeLogLikelihood
-
     torch.manual_seed(0)
     prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=32, depth=3, estimator="nce"))
     guide = KnownPosterior()
-    loss_fn = PriorNegativeLogLikelihood(prior, guide)
-    optimizer = torch.optim.Adam(prior.energy.parameters(), lr=1e-2)
-    batch = {"x": torch.zeros(1024, 1)}
-    for step in range(1500):
-        if step == 1000:
-            optimizer.param_groups[0]["lr"] = 1e-3
-        optimizer.zero_grad()
-        (loss_fn(batch) / 1024).backward()
-        optimizer.step()
+    batch = fit_to_known_posterior(prior, guide, batch_size=1024, steps=1500, slower_from=1000)
     z = guide.posterior(batch).sample((4,)).reshape(-1, 2)  # where q has its mass
     q = dist.Normal(guide.loc, guide.scale).to_event(1)
     exact = q.log_prob(z) - laplace_log_density(z)
@@ -290,22 +297,12 @@ def test_noise_contrastive_with_a_fitted_gaussian_learns_the_ratio_where_the_bas
     """The density chasm: ``q = N((4, −3), 0.3² I)`` lies 8 nats from ``p0``, where few of ``p0``'s
     draws land. Against ``p0`` alone the fit misses ``log q − log p0`` on ``q``'s mass; against half
     ``p0``, half a Gaussian fitted to ``q``'s draws, the same fit learns it."""
-    from pyro_mmebm.two_stage import PriorNegativeLogLikelihood
-
     errors, watched = {}, {}
     for nce_noise in NCE_NOISES:
         torch.manual_seed(0)
         prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=32, depth=3, estimator="nce", nce_noise=nce_noise))
         guide = FarPosterior()
-        loss_fn = PriorNegativeLogLikelihood(prior, guide)
-        optimizer = torch.optim.Adam(prior.energy.parameters(), lr=1e-2)
-        batch = {"x": torch.zeros(512, 1)}
-        for step in range(600):
-            if step == 400:
-                optimizer.param_groups[0]["lr"] = 1e-3
-            optimizer.zero_grad()
-            (loss_fn(batch) / 512).backward()
-            optimizer.step()
+        batch = fit_to_known_posterior(prior, guide, batch_size=512, steps=600, slower_from=400)
         z = guide.posterior(batch).sample((8,)).reshape(-1, 2)
         exact = dist.Normal(guide.loc, guide.scale).to_event(1).log_prob(z) - laplace_log_density(z)
         with torch.no_grad():
