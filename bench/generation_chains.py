@@ -17,6 +17,9 @@ and reports, per sampler:
   share of the coherent samples (near 1: the coherence is one blurred class, not generation);
 - the seconds the sampler costs per 1,000 samples.
 
+``--adjust mala`` makes the chains Metropolis-adjusted (MALA): they sample the prior exactly at any step
+size, and the table gives their acceptance rate (``--adjust ula mala`` runs both).
+
 ``--starts noise`` starts the chains from the Gaussian that ``--ebm-nce-noise base+gaussian`` fitted
 to the posterior draws instead of from ``p0`` (its ``K = 0`` row: that Gaussian's own samples).
 
@@ -54,7 +57,11 @@ from pyro_mmebm.evaluation.coherence import (
     joint_coherence_of,
     sample_mixture,
 )
+from pyro_mmebm.experiment.evaluation import sampler_name
 from trained_run import add_analysis_arguments, load_run_with_classifiers, write_table
+
+ADJUSTMENTS = {False: "ula", True: "mala"}
+"""The generation sampler's ``metropolis`` setting, by the name ``--adjust`` gives it."""
 
 
 def coherence_of_samples(model, classifiers, num_samples: int, device: torch.device, seed: int) -> dict[str, Any]:
@@ -88,21 +95,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         f_on_posterior = energy(posterior)
     f_posterior, f2_posterior = float(f_on_posterior.mean()), float(f_on_posterior.square().mean())
-    rows = [{"sampler": "aggregate posterior q(z)", "start": None, "K": None, "s": None, "f_mean": f_posterior,
+    rows = [{"sampler": "aggregate posterior q(z)", "start": None, "K": None, "s": None, "acceptance": None,
+             "f_mean": f_posterior,
              "gap": 0.0, "penalty_gap": None, "joint": ceiling, "top_digit": None, "s_per_1000": None}]
     histograms = {"posterior q(z|X)": posterior}
     step_sizes = args.step_sizes or [trained.generation.step_size]
     starts = args.starts or [trained.generation_start]
-    for start, step_size, steps in itertools.product(starts, step_sizes, args.steps):
-        if steps == 0 and step_size != step_sizes[0]:
-            continue  # the chains' starts do not depend on the step size
+    adjustments = args.adjust or [ADJUSTMENTS[trained.generation.metropolis]]
+    for start, adjust, step_size, steps in itertools.product(starts, adjustments, step_sizes, args.steps):
+        if steps == 0 and (step_size != step_sizes[0] or adjust != adjustments[0]):
+            continue  # the chains' starts depend on neither the step size nor the adjustment
         model.prior.config = dataclasses.replace(
-            trained, generation_steps=steps, generation_step_size=step_size, generation_start=start
+            trained, generation_steps=steps, generation_step_size=step_size, generation_start=start,
+            generation_metropolis=adjust == "mala",
         )
         torch.manual_seed(args.seed)
         started = time.perf_counter()
-        z = model.prior().sample((args.samples,))
+        run = model.prior().generation_run((args.samples,))
         seconds = time.perf_counter() - started
+        z = run.samples
         with torch.no_grad():
             f_samples = energy(z)
         f_mean = float(f_samples.mean())
@@ -112,12 +123,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if steps == 0:
             label = {"base": "p0", "noise": "fitted Gaussian"}[start]
         else:
-            label = f"Langevin K={steps}, s={step_size:g}" + ("" if start == "base" else ", from the fitted Gaussian")
+            label = (f"{sampler_name(model.prior.config.generation)} K={steps}, s={step_size:g}"
+                     + ("" if start == "base" else ", from the fitted Gaussian"))
+        acceptance = None if run.acceptance is None else float(run.acceptance.mean())
         rows.append({"sampler": label, "start": start, "K": steps, "s": step_size if steps else None,
+                     "acceptance": acceptance,
                      "f_mean": f_mean, "gap": f_posterior - f_mean, "penalty_gap": sustained,
                      **coherence_of_samples(model, classifiers, args.samples, device, args.seed),
                      "s_per_1000": 1000 * seconds / args.samples})
-        if start == starts[0] and (steps == 0 or step_size == step_sizes[0]):
+        if start == starts[0] and (steps == 0 or (step_size == step_sizes[0] and adjust == adjustments[0])):
             histograms[label] = z
         print(format_table(rows[-1:]), flush=True)
     model.prior.config = trained
@@ -133,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step-sizes", type=float, nargs="+", help="default: the run's own")
     parser.add_argument("--starts", nargs="+", choices=GENERATION_STARTS,
                         help="where the chains start (noise: the fitted Gaussian of nce); default: the run's own")
+    parser.add_argument("--adjust", nargs="+", choices=sorted(ADJUSTMENTS.values()),
+                        help="ula: unadjusted Langevin; mala: Metropolis-adjusted; default: the run's own")
     parser.add_argument("--samples", type=int, default=2000, help="prior samples per sampler")
     parser.add_argument("--eval-size", type=int, default=2000, help="test tuples (strided) for q(z) and the ceiling")
     add_analysis_arguments(parser)

@@ -14,6 +14,7 @@ import torch
 from guides import MixtureOfProductsOfExpertsGuide, PrivateLatentGuide
 from pyro_mmebm import LangevinConfig
 from pyro_mmebm.ebm import tilted_laplace
+from pyro_mmebm.ebm.langevin import LangevinRun
 from pyro_mmebm.experiment import (
     ExperimentConfig,
     add_arguments,
@@ -49,15 +50,24 @@ BUILDERS = {
 
 @pytest.mark.parametrize("builder", sorted(BUILDERS))
 def test_the_langevin_options_reach_the_sampler_inside_the_built_prior(builder, monkeypatch):
-    config = parse("--langevin-step-size", "0.37", "--langevin-steps", "7", "--ebm-generation-steps", "9")
+    config = parse(
+        "--langevin-step-size", "0.37", "--langevin-steps", "7", "--ebm-generation-steps", "9",
+        "--ebm-generation-metropolis",
+    )
     model, _ = BUILDERS[builder](config)
     chains = []
-    monkeypatch.setattr(
-        tilted_laplace, "langevin_sample", lambda f, init, langevin, **options: chains.append(langevin) or init
-    )
+
+    def record(f, init, langevin, **options):
+        chains.append(langevin)
+        return LangevinRun(samples=init, step_size=langevin.step_size)
+
+    monkeypatch.setattr(tilted_laplace, "langevin_run", record)
     model.prior().sample((3,))  # generation
     model.prior().log_prob(torch.zeros(5, 4, requires_grad=True))  # training negatives
-    assert chains == [LangevinConfig(steps=9, step_size=0.37), LangevinConfig(steps=7, step_size=0.37)]
+    assert chains == [
+        LangevinConfig(steps=9, step_size=0.37, metropolis=True),
+        LangevinConfig(steps=7, step_size=0.37),
+    ]
 
 
 @pytest.mark.parametrize("builder", sorted(BUILDERS))

@@ -177,9 +177,9 @@ def test_generation_runs_its_own_langevin_steps_and_step_size(monkeypatch):
     config = EBMPriorConfig(hidden=16, depth=2, generation_steps=11, generation_step_size=0.05, langevin=LangevinConfig(3))
     prior = EnergyBasedPrior(2, config)
     samplers = []
-    real = tilted_laplace.langevin_sample
+    real = tilted_laplace.langevin_run
     monkeypatch.setattr(
-        tilted_laplace, "langevin_sample",
+        tilted_laplace, "langevin_run",
         lambda f, init, langevin, **options: samplers.append(langevin) or real(f, init, langevin, **options),
     )
     prior().sample((5,))

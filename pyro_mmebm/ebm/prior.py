@@ -53,6 +53,9 @@ class EBMPriorConfig:
         (:data:`~pyro_mmebm.ebm.noise.NCE_NOISES`): ``"base"``, ``p0``; or ``"base+gaussian"``, half
         ``p0`` and half a Gaussian moment-matched to the posterior draws
         (:class:`~pyro_mmebm.ebm.noise.BaseAndFittedGaussian`), for an aggregate posterior far from ``p0``.
+    :param generation_metropolis: whether generation's steps are Metropolis-adjusted (MALA; default
+        ``langevin.metropolis``): the chains then sample the prior exactly at any step size, so long
+        chains may take larger steps without the step-size bias of unadjusted ones.
     :param generation_start: where generation's chains start: ``"base"``, ``p0``; ``"noise"``, the
         Gaussian of ``nce_noise="base+gaussian"``, fitted to the posterior draws.
     :param langevin: the sampler of the training negatives (``"ml"``) and of generation.
@@ -79,6 +82,9 @@ class EBMPriorConfig:
     generation_step_size: Optional[float] = setting(
         None, "Langevin step size for generation (None: --langevin-step-size)", check=positive
     )
+    generation_metropolis: Optional[bool] = setting(
+        None, "Metropolis-adjusted (MALA) steps for generation (None: --langevin-metropolis)"
+    )
     generation_start: str = setting(
         "base", "where generation's Langevin chains start: base (p0) or noise (the fitted Gaussian of nce)",
         choices=GENERATION_STARTS,
@@ -94,9 +100,13 @@ class EBMPriorConfig:
 
     @property
     def generation(self) -> LangevinConfig:
-        """The sampler that generates: :attr:`langevin`, with ``generation_steps`` steps and
-        ``generation_step_size`` where set."""
-        changes = {"steps": self.generation_steps, "step_size": self.generation_step_size}
+        """The sampler that generates: :attr:`langevin`, with ``generation_steps`` steps,
+        ``generation_step_size`` and ``generation_metropolis`` where set."""
+        changes = {
+            "steps": self.generation_steps,
+            "step_size": self.generation_step_size,
+            "metropolis": self.generation_metropolis,
+        }
         return dataclasses.replace(self.langevin, **{name: value for name, value in changes.items() if value is not None})
 
 

@@ -14,8 +14,9 @@ from pyro_mmebm.ebm.energy import energy_parameters_require_grad
 from pyro_mmebm.ebm.langevin import (
     LangevinConfig,
     LangevinDivergenceError,
+    LangevinRun,
     PersistentChains,
-    langevin_sample,
+    langevin_run,
 )
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor, NoiseContrastMonitor
 from pyro_mmebm.ebm.noise import BaseAndFittedGaussian
@@ -222,13 +223,21 @@ class TiltedLaplace(TorchDistribution):
                     "(finite latents)"
                 )
 
-    def _langevin(self, init: Tensor, langevin: LangevinConfig, loc: Tensor, scale: Tensor) -> Tensor:
+    def _langevin(self, init: Tensor, langevin: LangevinConfig, loc: Tensor, scale: Tensor) -> LangevinRun:
         """Langevin chains targeting ``exp(f_α) p0`` (``p0`` of ``(loc, scale)``, its gradient in closed
         form) from ``init``; refused when ``f_α`` is not finite at the starts, or when the chains end
         farther than :data:`MAX_BASE_SCALES` from the base's centre."""
         with torch.no_grad():
             self._check_energy_finite({"the Langevin chains' starting points": (init, self._energy(init))})
-        samples = langevin_sample(self._energy, init, langevin, base_score=score(self.base, loc, scale))
+        base = LOCATION_SCALE_FAMILIES[self.base](loc, scale, validate_args=False)
+        run = langevin_run(
+            self._energy,
+            init,
+            langevin,
+            base_score=score(self.base, loc, scale),
+            base_log_prob=(lambda z: base.log_prob(z).sum(-1)) if langevin.metropolis else None,
+        )
+        samples = run.samples
         distance = float(((samples - loc).abs() / scale).amax()) if samples.numel() else 0.0
         if distance > MAX_BASE_SCALES:
             raise LangevinDivergenceError(
@@ -237,7 +246,7 @@ class TiltedLaplace(TorchDistribution):
                 f"stay within {MAX_BASE_SCALES:g}. The step size is too large for this target: reduce it (0.3 "
                 "suits a unit-scale base); or f_α has run away (watch the energy gap)."
             )
-        return samples
+        return run
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
         """Langevin samples, started from ``p0`` (or, with ``generation_start="noise"``, from the
@@ -248,6 +257,11 @@ class TiltedLaplace(TorchDistribution):
         :raises ValueError: naming the energy network, when ``f_α`` returns the wrong shape, or inf or
             NaN where the chains start.
         """
+        return self.generation_run(sample_shape).samples
+
+    def generation_run(self, sample_shape=torch.Size()) -> LangevinRun:
+        """:meth:`sample`'s chains as a :class:`~pyro_mmebm.ebm.langevin.LangevinRun`: the samples and,
+        for a Metropolis-adjusted sampler, each chain's acceptance rate."""
         if self.generation_start == "noise":
             init = self.noise.gaussian().expand(self.batch_shape).sample(sample_shape)
         else:
@@ -279,7 +293,7 @@ class TiltedLaplace(TorchDistribution):
         """
         fresh, loc, scale = self._base_draws(num_samples)
         init = fresh if self.persistent_chains is None else self.persistent_chains.initial_states(fresh)
-        negatives = self._langevin(init, self.langevin, loc, scale)
+        negatives = self._langevin(init, self.langevin, loc, scale).samples
         if self.persistent_chains is not None:
             self.persistent_chains.update(negatives)
         return negatives

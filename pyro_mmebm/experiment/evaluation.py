@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from pyro_mmebm.data import strided_subset
 from pyro_mmebm.diagnostics.figures import plot_energy_histograms
 from pyro_mmebm.ebm import EnergyBasedPrior
-from pyro_mmebm.ebm.langevin import langevin_sample
+from pyro_mmebm.ebm.langevin import LangevinConfig, langevin_sample
 from pyro_mmebm.evaluation import load_or_train_classifier
 from pyro_mmebm.evaluation.coherence import (
     aggregate_posterior_coherence,
@@ -112,6 +112,11 @@ def evaluate(
     return results
 
 
+def sampler_name(langevin: LangevinConfig) -> str:
+    """``"MALA"`` for Metropolis-adjusted chains, ``"Langevin"`` for unadjusted ones."""
+    return "MALA" if langevin.metropolis else "Langevin"
+
+
 @torch.no_grad()
 def energy_overlap(model: nn.Module, guide: nn.Module, loader: Iterable, figure_path: Path) -> dict[str, Any]:
     """``f_α`` on posterior draws of ``loader``'s tuples against ``f_α`` on the prior samples that
@@ -127,12 +132,12 @@ def energy_overlap(model: nn.Module, guide: nn.Module, loader: Iterable, figure_
     samples = {"posterior q(z|X)": posterior}
     p_alpha = prior()
     generation, negatives = p_alpha.generation, p_alpha.langevin
-    generated = f"prior, Langevin K={generation.steps}, s={generation.step_size}"
+    generated = f"prior, {sampler_name(generation)} K={generation.steps}, s={generation.step_size}"
     samples[generated] = p_alpha.sample((len(posterior),))
     if p_alpha.estimator == "nce":
         samples["NCE's noise"] = p_alpha.noise_draws(len(posterior))
     elif generation != negatives:
-        label = f"prior, Langevin K={negatives.steps}, s={negatives.step_size} (training's negatives)"
+        label = f"prior, {sampler_name(negatives)} K={negatives.steps}, s={negatives.step_size} (training's negatives)"
         samples[label] = langevin_sample(
             p_alpha.unnormalized_log_prob, p_alpha.base_dist.sample((len(posterior),)), negatives
         )
