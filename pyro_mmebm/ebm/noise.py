@@ -34,7 +34,11 @@ class BaseAndFittedGaussian(nn.Module):
 
     Before the first update the Gaussian matches the standard Laplace's moments (mean 0, variance 2).
     The moments are buffers, so a checkpoint saves them and a resumed run continues the same noise.
-    Under data parallelism each process keeps its own moments, from its own shard's draws.
+    Under data parallelism each process keeps its own moments, from its own shard's draws, and so its
+    own noise. The estimate stays consistent: each process's loss is a logistic loss against a noise
+    of known density, minimised by the same ``f_α = log q − log p0``, and so is their sum. (Synchronising
+    the moments would put a collective call inside ``log_prob``, which deadlocks the moment one
+    process computes a training loss alone.)
 
     :param latent_dim: ``d``.
     :param decay: ``ρ`` of the running means (0.99: about the last 100 updates).
