@@ -34,7 +34,7 @@ import torch
 from pyro.distributions import TorchDistribution
 from torch import Tensor
 
-from pyro_mmebm.ebm.langevin import log_density_and_grad
+from pyro_mmebm.ebm.langevin import log_density_and_grad, metropolis_accept, metropolis_log_ratio
 from pyro_mmebm.ebm.tilted_laplace import TiltedLaplace
 
 
@@ -99,17 +99,13 @@ def _mala_step(
         f, grad_f, log_p0, grad_p0 = x_terms
         return t * f + log_p0, t * grad_f + grad_p0
 
-    def log_proposal(to: Tensor, start: Tensor, drift: Tensor) -> Tensor:
-        return -(to - start - 0.5 * step_size**2 * drift).pow(2).sum(-1) / (2 * step_size**2)
-
     log_target, drift = log_target_and_drift(terms)
-    proposal = z + 0.5 * step_size**2 * drift + step_size * torch.randn_like(z)
+    noise = torch.randn_like(z)
+    proposal = z + 0.5 * step_size**2 * drift + step_size * noise
     proposal_terms = _terms(energy, base, proposal)
     log_target_new, drift_new = log_target_and_drift(proposal_terms)
-    log_accept = (
-        log_target_new + log_proposal(z, proposal, drift_new) - log_target - log_proposal(proposal, z, drift)
-    )
-    accept = torch.rand_like(log_accept).log() < log_accept
+    log_ratio = metropolis_log_ratio(z, proposal, noise, log_target, log_target_new, drift_new, step_size)
+    accept = metropolis_accept(log_ratio)
 
     def choose(new: Tensor, old: Tensor) -> Tensor:
         return torch.where(accept.reshape(accept.shape + (1,) * (new.dim() - accept.dim())), new, old)

@@ -225,12 +225,8 @@ def _metropolis_adjusted_run(
         noise = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
         proposal = torch.add(z, grad, alpha=half_step_sq).add_(noise, alpha=step_size)
         proposed_value, proposed_target, proposed_grad = evaluate(proposal)
-        # log q(z | z') − log q(z' | z): the forward move's standardised noise is ``noise`` itself.
-        back = (z - proposal - half_step_sq * proposed_grad) / step_size
-        log_ratio = proposed_target - target + 0.5 * (noise.square().sum(-1) - back.square().sum(-1))
-        # Accept when log u < the ratio; a non-finite proposal (a NaN or −inf ratio) never is.
-        uniform = torch.rand(log_ratio.shape, dtype=z.dtype, device=z.device, generator=generator)
-        accept = torch.nan_to_num(log_ratio, nan=-torch.inf) > uniform.log()
+        log_ratio = metropolis_log_ratio(z, proposal, noise, target, proposed_target, proposed_grad, step_size)
+        accept = metropolis_accept(log_ratio, generator)
         accepted += accept
         z = torch.where(accept.unsqueeze(-1), proposal, z)
         value = torch.where(accept, proposed_value, value)
@@ -251,6 +247,33 @@ def _metropolis_adjusted_run(
         log_density=torch.stack(log_densities),
         grad_norm=torch.stack(grad_norms),
     )
+
+
+def metropolis_log_ratio(
+    z: Tensor,
+    proposal: Tensor,
+    noise: Tensor,
+    log_target: Tensor,
+    proposed_log_target: Tensor,
+    proposed_drift: Tensor,
+    step_size: float,
+) -> Tensor:
+    """The log Metropolis–Hastings ratio of the Langevin proposal ``z' = z + s²/2 ∇log p̃(z) + s ε``:
+    ``log p̃(z') − log p̃(z) + log q(z | z') − log q(z' | z)``, shape ``z.shape[:-1]``.
+
+    :param noise: the proposal's ``ε`` (the forward move's standardised noise, so that
+        ``log q(z' | z) = −|ε|²/2`` up to a constant shared by the backward move).
+    :param proposed_drift: ``∇ log p̃(z')``, which centres the backward move.
+    """
+    back = (z - proposal - 0.5 * step_size**2 * proposed_drift) / step_size
+    return proposed_log_target - log_target + 0.5 * (noise.square().sum(-1) - back.square().sum(-1))
+
+
+def metropolis_accept(log_ratio: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Which proposals are accepted: ``log u < log_ratio`` for ``u ~ U(0, 1)``; a non-finite proposal
+    (a NaN or −inf ratio) never is."""
+    uniform = torch.rand(log_ratio.shape, dtype=log_ratio.dtype, device=log_ratio.device, generator=generator)
+    return torch.nan_to_num(log_ratio, nan=-torch.inf) > uniform.log()
 
 
 def langevin_sample(
