@@ -8,7 +8,9 @@ from ``bench/generation_chains.py --modalities m1 m2 m3`` where it exists. Per r
   networks being those of the run it was fitted to); ``train``: the wall time of that training, forked
   epochs included (``train_seconds``);
 - ``joint all five (top)``: joint coherence of prior samples over every modality, and the most common
-  digit's share of the coherent ones; ``ceiling``: the aggregate posterior's;
+  digit's share of the coherent ones; ``ceiling``: the aggregate posterior's (from
+  ``FOLDER/generation_chains/`` over all modalities where it exists, else the run's own: runs made
+  before the ceiling's definition was fixed recorded another figure);
 - ``joint m1–m3``: the same over m1–m3 with the run's own generation sampler (``K``, ``s`` and the
   adjustment it ran with), and its ceiling;
 - ``cross``: mean cross coherence over every subset of sources; ``probe``: the linear probe on the
@@ -29,14 +31,23 @@ from typing import Any, Optional
 from pyro_mmebm.evaluation.coherence import format_table
 
 
+CEILING = "aggregate posterior q(z)"
+"""The ``generation_chains`` row of the aggregate posterior."""
+
+
+def chains_rows(folder: Path, name: str) -> Optional[list[dict[str, Any]]]:
+    """The rows of ``FOLDER/<name>/generation_chains.json``, or ``None`` when there is none."""
+    path = folder / name / "generation_chains.json"
+    return json.loads(path.read_text())["rows"] if path.exists() else None
+
+
 def as_run_m123(folder: Path, config: dict[str, Any]) -> tuple[Optional[float], Optional[float]]:
     """``(joint over m1–m3 with the run's own generation sampler, its ceiling)`` from the run's
     ``generation_chains_m123``; ``(None, None)`` without it. A Laplace run's own sampler is its prior."""
-    path = folder / "generation_chains_m123" / "generation_chains.json"
-    if not path.exists():
+    rows = chains_rows(folder, "generation_chains_m123")
+    if rows is None:
         return None, None
-    rows = json.loads(path.read_text())["rows"]
-    ceiling = next(row["joint"] for row in rows if row["sampler"] == "aggregate posterior q(z)")
+    ceiling = next(row["joint"] for row in rows if row["sampler"] == CEILING)
     if config.get("prior") != "ebm":
         return next(row["joint"] for row in rows if row["sampler"].startswith("prior")), ceiling
     ebm = config["ebm"]
@@ -57,6 +68,9 @@ def table_row(label: str, folder: Path) -> dict[str, Any]:
     config = results["config"]
     history = results.get("history", [])
     joint_m123, ceiling_m123 = as_run_m123(folder, config)
+    all_five = chains_rows(folder, "generation_chains")
+    ceiling = (results.get("aggregate_posterior_coherence") if all_five is None
+               else next(row["joint"] for row in all_five if row["sampler"] == CEILING))
     top = results.get("joint_digits", {}).get("top_share")
     return {
         "run": label,
@@ -64,7 +78,7 @@ def table_row(label: str, folder: Path) -> dict[str, Any]:
         "steps": sum(epoch.get("steps", 0) for epoch in history),
         "train": f"{results['train_seconds'] / 60:.0f} min" if results.get("train_seconds") else None,
         "joint all five (top)": f"{results['joint_coherence']:.3f} ({top:.2f})" if top is not None else None,
-        "ceiling": results.get("aggregate_posterior_coherence"),
+        "ceiling": ceiling,
         "joint m1–m3": joint_m123,
         "ceiling m1–m3": ceiling_m123,
         "cross": results["cross_coherence"]["mean"],

@@ -56,6 +56,15 @@ def test_the_row_reads_the_run_s_own_generation_sampler(tmp_path, generation, ex
     assert row["joint all five (top)"] == "0.400 (0.25)" and row["cross"] == 0.7 and row["probe"] == 0.99
 
 
+def test_the_all_five_ceiling_of_generation_chains_replaces_the_run_s_own(tmp_path):
+    folder = write_run(tmp_path / "run", {"langevin": {"steps": 500, "step_size": 0.1}}, CHAINS)
+    assert results_table.table_row("run", folder)["ceiling"] == 0.45
+    (folder / "generation_chains").mkdir()
+    rows = [{"sampler": "aggregate posterior q(z)", "joint": 0.47}]
+    (folder / "generation_chains" / "generation_chains.json").write_text(json.dumps({"rows": rows}))
+    assert results_table.table_row("run", folder)["ceiling"] == 0.47
+
+
 def test_a_folder_without_results_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="need LABEL=FOLDER with FOLDER/results.json"):
         results_table.main(results_table.build_parser().parse_args([f"run={tmp_path}"]))

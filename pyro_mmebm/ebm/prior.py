@@ -24,8 +24,8 @@ from pyro_mmebm.settings import at_least, check_settings, fraction, non_negative
 class EBMPriorConfig:
     """The settings of :class:`EnergyBasedPrior`.
 
-    The defaults are the recipe measured over the whole PolyMNIST protocol (see the README's "The
-    protocol in one command"): no magnitude penalty, and none of ``∇_z f_α`` to the encoders, so
+    The defaults are the recipe measured over the whole PolyMNIST protocol (see "The protocol in one
+    command" in ``bench/RESULTS.md``): no magnitude penalty, and none of ``∇_z f_α`` to the encoders, so
     that ``f_α`` is fitted to the aggregate posterior by maximum likelihood while the encoders see the
     base ``p0``. The energy gap then stays near 0 (0.14–0.29 per epoch) where the penalty 0.1 held
     it at its equilibrium near 8; with the full encoder gradient and no penalty, training runs away,
