@@ -17,6 +17,9 @@ and reports, per sampler:
   share of the coherent samples (near 1: the coherence is one blurred class, not generation);
 - the seconds the sampler costs per 1,000 samples.
 
+A sampler whose chains diverge (or end beyond ``MAX_BASE_SCALES`` from the base's centre) gets a row
+that says so, and the others still run.
+
 ``--adjust mala`` makes the chains Metropolis-adjusted (MALA): they sample the prior exactly at any step
 size, and the table gives their acceptance rate (``--adjust ula mala`` runs both).
 
@@ -48,6 +51,7 @@ from torch.utils.data import DataLoader
 from pyro_mmebm.data import strided_subset
 from pyro_mmebm.diagnostics.figures import plot_energy_histograms
 from pyro_mmebm.ebm import EnergyBasedPrior, penalty_gap
+from pyro_mmebm.ebm.langevin import LangevinDivergenceError
 from pyro_mmebm.ebm.tilted_laplace import GENERATION_STARTS
 from pyro_mmebm.evaluation.coherence import (
     aggregate_posterior_coherence,
@@ -109,9 +113,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             trained, generation_steps=steps, generation_step_size=step_size, generation_start=start,
             generation_metropolis=adjust == "mala",
         )
+        if steps == 0:
+            label = {"base": "p0", "noise": "fitted Gaussian"}[start]
+        else:
+            label = (f"{sampler_name(model.prior.config.generation)} K={steps}, s={step_size:g}"
+                     + ("" if start == "base" else ", from the fitted Gaussian"))
         torch.manual_seed(args.seed)
         started = time.perf_counter()
-        run = model.prior().generation_run((args.samples,))
+        try:
+            run = model.prior().generation_run((args.samples,))
+        except LangevinDivergenceError as error:  # the row says so; the other samplers still run
+            rows.append({"sampler": label, "start": start, "K": steps, "s": step_size, "diverged": str(error)})
+            print(f"{label}: {error}", flush=True)
+            continue
         seconds = time.perf_counter() - started
         z = run.samples
         with torch.no_grad():
@@ -120,11 +134,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         # the gap the magnitude penalty sustains against these samples (at the trained sampler,
         # the training gap's equilibrium; see pyro_mmebm.ebm.monitoring)
         sustained = penalty_gap(trained.regularisation, f2_posterior, float(f_samples.square().mean()))
-        if steps == 0:
-            label = {"base": "p0", "noise": "fitted Gaussian"}[start]
-        else:
-            label = (f"{sampler_name(model.prior.config.generation)} K={steps}, s={step_size:g}"
-                     + ("" if start == "base" else ", from the fitted Gaussian"))
         acceptance = None if run.acceptance is None else float(run.acceptance.mean())
         rows.append({"sampler": label, "start": start, "K": steps, "s": step_size if steps else None,
                      "acceptance": acceptance,
