@@ -20,6 +20,7 @@ from pyro_mmebm import (
     TiltedLaplace,
 )
 from pyro_mmebm.ebm import penalty_gap
+from pyro_mmebm.ebm.langevin import LangevinDivergenceError
 from pyro_mmebm.ebm.noise import NCE_NOISES, BaseAndFittedGaussian
 from tests.reference import grid_1d, grid_2d, laplace_log_density, log_normaliser
 
@@ -460,6 +461,16 @@ def test_metropolis_adjusted_generation_samples_the_tilt_exactly_at_a_large_step
     torch.manual_seed(0)
     unadjusted = tilted(LinearTilt(torch.tensor([0.5])), 1, generation=LangevinConfig(300, 1.0)).sample((chains,))
     assert abs(unadjusted.double().mean() - 4 / 3) > 5 * math.sqrt(40 / 9 / chains)
+
+
+def test_an_exact_chain_that_leaves_says_the_prior_is_not_normalisable():
+    """``f(z) = 3z`` rises faster than the Laplace's ``−|z|`` falls, so ``exp(f) p0`` has no normaliser:
+    Metropolis-adjusted chains drift out (one scale per step at s = 1), and the error names the prior,
+    not the step size."""
+    torch.manual_seed(0)
+    prior = tilted(LinearTilt(torch.tensor([3.0])), 1, generation=LangevinConfig(200, 1.0, metropolis=True))
+    with pytest.raises(LangevinDivergenceError, match="Metropolis-adjusted, so the prior itself has mass there"):
+        prior.sample((100,))
 
 
 def test_normal_base():

@@ -33,9 +33,12 @@ MAX_BASE_SCALES = 50.0
 """How far (in base scales, per coordinate) a Langevin state may end from the base's centre.
 
 The base puts mass ``e^{-50} ≈ 2·10⁻²²`` beyond 50 scales per coordinate (the Laplace; a Normal far
-less), and the tilt moves mass that far only if ``f_α`` rises by some 50 nats there. A chain ending
-farther out is not sampling the prior: its step size is too large for the target (with the Laplace
-base such chains stay finite but wander to ``|z|`` in the thousands)."""
+less), and the tilt moves mass that far only if ``f_α`` rises by some 50 nats there. An unadjusted chain
+ending farther out is not sampling the prior: its step size is too large for the target (with the
+Laplace base such chains stay finite but wander to ``|z|`` in the thousands). A Metropolis-adjusted
+chain samples the prior exactly, so one ending there means the prior itself has that mass: ``f_α``
+rises as fast as ``−log p0`` falls along some direction, and ``exp(f_α) p0`` is barely, or not,
+normalisable."""
 
 
 class TiltedLaplace(TorchDistribution):
@@ -243,8 +246,14 @@ class TiltedLaplace(TorchDistribution):
             raise LangevinDivergenceError(
                 f"Langevin chains of the EBM prior ended {distance:.3g} base scales from the base's centre "
                 f"after {langevin.steps} steps with step size {langevin.step_size}; chains sampling this prior "
-                f"stay within {MAX_BASE_SCALES:g}. The step size is too large for this target: reduce it (0.3 "
-                "suits a unit-scale base); or f_α has run away (watch the energy gap)."
+                f"stay within {MAX_BASE_SCALES:g}. "
+                + (
+                    "These chains are Metropolis-adjusted, so the prior itself has mass there: f_α rises as fast "
+                    "as -log p0 falls along some direction, where it was never fitted. Use fewer steps."
+                    if langevin.metropolis
+                    else "The step size is too large for this target: reduce it (0.3 suits a unit-scale base); or "
+                    "f_α has run away (watch the energy gap)."
+                )
             )
         return run
 
