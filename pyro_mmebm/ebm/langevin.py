@@ -152,13 +152,12 @@ def langevin_run(
     steps, step_size = langevin.steps, langevin.step_size
     z = init.detach()
     half_step_sq = 0.5 * step_size**2
-    states, log_densities, grad_norms, finite = [], [], [], []
+    trace = _Trace() if record else None
+    finite = []
     for _ in range(steps):
         value, grad = _value_and_drift(log_density, z, base_score)
-        if record:
-            states.append(z)
-            log_densities.append(value)
-            grad_norms.append(grad.norm(dim=-1))
+        if trace is not None:
+            trace.add(z, value, grad)
         noise = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
         # Two fused operations instead of four (a chain's step is otherwise dominated by them on a
         # small f_α); ``torch.add`` makes a new tensor, so the previous state, maybe ``init``, is kept.
@@ -173,19 +172,35 @@ def langevin_run(
                 f"step size {step_size}. The step size is too large for this target (or the energy "
                 f"function has exploded); reduce the step size."
             )
-    if not record:
+    if trace is None:
         return LangevinRun(samples=z, step_size=step_size)
-    value, grad = _value_and_drift(log_density, z, base_score)
-    states.append(z)
-    log_densities.append(value)
-    grad_norms.append(grad.norm(dim=-1))
-    return LangevinRun(
-        samples=z,
-        step_size=step_size,
-        states=torch.stack(states),
-        log_density=torch.stack(log_densities),
-        grad_norm=torch.stack(grad_norms),
-    )
+    trace.add(z, *_value_and_drift(log_density, z, base_score))
+    return trace.run(z, step_size)
+
+
+class _Trace:
+    """What a run with ``record=True`` keeps: every state, its log density and its drift's norm."""
+
+    def __init__(self) -> None:
+        self.states: list[Tensor] = []
+        self.log_densities: list[Tensor] = []
+        self.grad_norms: list[Tensor] = []
+
+    def add(self, z: Tensor, value: Tensor, grad: Tensor) -> None:
+        self.states.append(z)
+        self.log_densities.append(value)
+        self.grad_norms.append(grad.norm(dim=-1))
+
+    def run(self, samples: Tensor, step_size: float, acceptance: Optional[Tensor] = None) -> LangevinRun:
+        """The :class:`LangevinRun` of the chains ending at ``samples``, with the recorded steps stacked."""
+        return LangevinRun(
+            samples=samples,
+            step_size=step_size,
+            acceptance=acceptance,
+            states=torch.stack(self.states),
+            log_density=torch.stack(self.log_densities),
+            grad_norm=torch.stack(self.grad_norms),
+        )
 
 
 def _value_and_drift(
@@ -220,7 +235,9 @@ def _metropolis_adjusted_run(
     z = init.detach()
     value, target, grad = evaluate(z)
     accepted = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
-    states, log_densities, grad_norms = [z], [value], [grad.norm(dim=-1)]
+    trace = _Trace() if record else None
+    if trace is not None:
+        trace.add(z, value, grad)
     for _ in range(steps):
         noise = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
         proposal = torch.add(z, grad, alpha=half_step_sq).add_(noise, alpha=step_size)
@@ -232,21 +249,12 @@ def _metropolis_adjusted_run(
         value = torch.where(accept, proposed_value, value)
         target = torch.where(accept, proposed_target, target)
         grad = torch.where(accept.unsqueeze(-1), proposed_grad, grad)
-        if record:
-            states.append(z)
-            log_densities.append(value)
-            grad_norms.append(grad.norm(dim=-1))
+        if trace is not None:
+            trace.add(z, value, grad)
     acceptance = accepted / steps if steps else None
-    if not record:
+    if trace is None:
         return LangevinRun(samples=z, step_size=step_size, acceptance=acceptance)
-    return LangevinRun(
-        samples=z,
-        step_size=step_size,
-        acceptance=acceptance,
-        states=torch.stack(states),
-        log_density=torch.stack(log_densities),
-        grad_norm=torch.stack(grad_norms),
-    )
+    return trace.run(z, step_size, acceptance)
 
 
 def metropolis_log_ratio(
