@@ -4,7 +4,8 @@ Runs, each as its own process with one thread (two side by side on a 2-core mach
 ``examples/polymnist.py`` so that every run is a plain example run a user can repeat:
 
 1. ``laplace``: MMVAE (mixture-of-experts guide, Laplace prior);
-2. ``ebm``: the paper's method, the EBM prior trained jointly (the library's default recipe);
+2. ``ebm``: the paper's method, the EBM prior trained jointly (the library's default recipe, with
+   the example's two warm-up epochs);
 3. ``two_stage``: an EBM prior fitted to the aggregate posterior of the finished ``laplace`` run;
 4. with ``--private``, ``laplace_private``, ``ebm_private`` and ``two_stage_private``: the same three
    with MMVAE+-style private latents ("Ours+"; the two-stage prior fitted to ``laplace_private``).
@@ -29,6 +30,7 @@ time (and the median epoch's seconds, with the peak GPU memory on CUDA) and the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -45,7 +47,7 @@ from pyro_mmebm.atomic import atomic_path
 from pyro_mmebm.checkpoint import CHECKPOINT_NAME, CheckpointError, read_checkpoint
 from pyro_mmebm.evaluation.coherence import format_table, save_results_json
 from pyro_mmebm.experiment import RESULTS_NAME, summary_row
-from pyro_mmebm.training import METRICS_NAME
+from pyro_mmebm.training import METRICS_NAME, TrainConfig
 from pyro_mmebm.two_stage import TWO_STAGE_METRICS_NAME
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "polymnist.py"
@@ -121,10 +123,18 @@ FORKS_FROM = {"ebm": "laplace", "ebm_private": "laplace_private"}
 """An EBM run and the Laplace run whose warm-up epochs it repeats exactly (see the module docstring)."""
 
 
+def example_warmup_epochs() -> int:
+    """The EBM warm-up ``examples/polymnist.py`` runs when not told (its ``DEFAULTS``, else the library's)."""
+    spec = importlib.util.spec_from_file_location("polymnist_example", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example.DEFAULTS.get("ebm_warmup_epochs", TrainConfig().prior_warmup_epochs)
+
+
 def warmup_epochs(ebm_options: str) -> int:
-    """The ``--ebm-warmup-epochs`` among the EBM runs' options (0 when not given, the default)."""
+    """The ``--ebm-warmup-epochs`` among the EBM runs' options (the example's default when not given)."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--ebm-warmup-epochs", type=int, default=0)
+    parser.add_argument("--ebm-warmup-epochs", type=int, default=example_warmup_epochs())
     return parser.parse_known_args(shlex.split(ebm_options))[0].ebm_warmup_epochs
 
 
@@ -245,7 +255,9 @@ def gap_closed(joint: Optional[float], baseline: Optional[float], ceiling: Optio
 
 def plot_energy_gaps(runs: dict[str, Path], path: Path) -> Optional[Path]:
     """The per-epoch energy gap ``E_q[f] − E_p[f]`` of each EBM run folder, by label (of the prior fit,
-    for a two-stage run), saved at ``path``; ``None`` when no run has one."""
+    for a two-stage run), saved at ``path``; ``None`` when no run has one. With maximum likelihood
+    ``E_p`` is over the training negatives (the epoch's mean); with NCE, which has none, over
+    generation's chains at the epoch's end (``generation_gap``)."""
     figure = Figure(figsize=(5.5, 3.2), layout="constrained")
     ax = figure.subplots()
     plotted = False
@@ -254,10 +266,11 @@ def plot_energy_gaps(runs: dict[str, Path], path: Path) -> Optional[Path]:
         if not found:
             continue
         history = json.loads(found[0].read_text())
-        points = [(r["epoch"] + 1, r["energy_gap"]) for r in history if "energy_gap" in r]
-        if points:
-            ax.plot(*zip(*points), marker="o", label=name)
-            plotted = True
+        for key, label in (("energy_gap", name), ("generation_gap", f"{name} (generation's chains)")):
+            points = [(r["epoch"] + 1, r[key]) for r in history if key in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label)
+                plotted = True
     if not plotted:
         return None
     ax.axhline(0.0, color="grey", lw=0.8)

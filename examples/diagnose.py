@@ -60,11 +60,11 @@ def test_batch(test_set, n: int, device: torch.device) -> dict[str, torch.Tensor
 
 def diagnose_prior(prior: TiltedLaplace, model, posterior_z, out: Path, args) -> dict:
     results: dict = {}
-    k, s = prior.langevin.steps, prior.langevin.step_size
+    k, s = prior.generation.steps, prior.generation.step_size  # the chains that generate
     short = prior_chains(prior, args.chains)
     steps = sorted(set(np.linspace(0, k, 6).round().astype(int).tolist()))
     plot_transitions(model, short.states, steps, path=out / "transitions.png")
-    long = prior_chains(prior, args.chains, langevin=dataclasses.replace(prior.langevin, steps=args.long_steps))
+    long = prior_chains(prior, args.chains, langevin=dataclasses.replace(prior.generation, steps=args.long_steps))
     summary = mixing_summary(langevin_inference_data(long, warmup=args.long_steps // 2))
     (out / "prior_mixing.md").write_text(_table(summary) + "\n")
     results["mixing"] = summary["mixing"].value_counts().to_dict()

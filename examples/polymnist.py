@@ -30,6 +30,7 @@ DEFAULTS = {
     "latent_dim": 32,
     "batch_size": 64,
     "epochs": 10,
+    "ebm_warmup_epochs": 2,  # the EBM prior's recipe: two epochs with p0 before the tilt (see the README)
 }
 
 

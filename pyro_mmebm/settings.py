@@ -25,6 +25,7 @@ alone:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import math
@@ -236,11 +237,16 @@ def from_flat(cls: type, values: Mapping[str, Any], *, ignore: Collection[str] =
     return _from_nested(cls, tree)
 
 
-def from_dict(cls: type, data: Mapping[str, Any], *, retired: Collection[str] = ()) -> Any:
+def from_dict(
+    cls: type, data: Mapping[str, Any], *, retired: Collection[str] = (), added: Optional[Mapping[str, Any]] = None
+) -> Any:
     """A ``cls`` from its JSON form: nested, as :func:`to_dict` writes it, or flat (every setting by its
-    flat name), as earlier versions wrote it. Settings missing from ``data`` take their defaults.
+    flat name), as earlier versions wrote it. Settings missing from ``data`` take their defaults, or
+    their value in ``added``.
 
     :param retired: flat names of settings that no longer exist, dropped from a flat layout.
+    :param added: by flat name, values for settings that ``data`` lacks because it was written before
+        they existed, where what that version did differs from today's default.
     """
     fields = {field.name: field for field in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -248,7 +254,18 @@ def from_dict(cls: type, data: Mapping[str, Any], *, retired: Collection[str] = 
         name not in fields or (_is_config(hints[name]) and not isinstance(value, Mapping))
         for name, value in data.items()
     )
-    return from_flat(cls, data, ignore=retired) if flat else _from_nested(cls, data)
+    added = added or {}
+    if flat:
+        return from_flat(cls, {**added, **data}, ignore=retired)
+    paths = {s.name: s.path for s in settings_of(cls)}
+    tree = copy.deepcopy(dict(data))
+    for name, value in added.items():
+        node = tree
+        *outer, last = paths[name]
+        for key in outer:
+            node = node.setdefault(key, {})
+        node.setdefault(last, value)
+    return _from_nested(cls, tree)
 
 
 def replace_settings(config: Any, **changes: Any) -> Any:

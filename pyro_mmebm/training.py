@@ -63,7 +63,7 @@ class TrainConfig:
     lr: float = setting(1e-3, "learning rate of encoders and decoders", check=positive)
     betas: tuple[float, float] = setting((0.9, 0.999), "Adam's betas for encoders and decoders")
     amsgrad: bool = setting(False, "AMSGrad for encoders and decoders (as MMVAE)")
-    prior_lr: float = setting(1e-4, "learning rate of the prior", check=positive)
+    prior_lr: float = setting(1e-3, "learning rate of the prior", check=positive)
     prior_betas: tuple[float, float] = setting((0.5, 0.999), "Adam's betas for the prior")
     grad_clip: Optional[float] = setting(None, "clip the gradient norm", check=positive)
     prior_warmup_epochs: int = setting(

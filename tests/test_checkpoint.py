@@ -40,7 +40,7 @@ def tiny_data(n: int = 96, seed: int = 0) -> list[tuple[dict[str, torch.Tensor],
 def tiny_model(persistent: bool = False):
     torch.manual_seed(0)
     prior = EnergyBasedPrior(
-        2, EBMPriorConfig(hidden=16, depth=2, persistent=persistent, langevin=LangevinConfig(steps=3))
+        2, EBMPriorConfig(hidden=16, depth=2, estimator="ml", persistent=persistent, langevin=LangevinConfig(steps=3))
     )
     decoders = {k: MLPDecoder(2, (6,), hidden=(16,), output="identity") for k in "ab"}
     model = MultimodalVAE(decoders, {k: Likelihood("normal", 0.1) for k in "ab"}, prior)

@@ -1,5 +1,6 @@
 """Prior and posterior diagnostics: InferenceData layout, mixing flags, reference samplers, figures."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -89,11 +90,13 @@ def test_langevin_inference_data_groups_dims_and_shapes():
         langevin_inference_data(run, warmup=31)
 
 
-def test_prior_chains_start_from_the_base_and_use_the_prior_settings():
-    settings = EBMPriorConfig(hidden=8, depth=2, langevin=LangevinConfig(steps=7, step_size=0.2))
+def test_prior_chains_start_from_the_base_and_use_the_priors_generation_sampler():
+    settings = EBMPriorConfig(hidden=8, depth=2, generation_steps=7, generation_step_size=0.2)
     prior = EnergyBasedPrior(LATENT_DIM, settings)()
     run = prior_chains(prior, num_chains=5)
     assert run.states.shape == (8, 5, LATENT_DIM) and run.step_size == 0.2
+    untuned = EnergyBasedPrior(LATENT_DIM, dataclasses.replace(settings, generation_steps=None, generation_step_size=None))
+    assert prior_chains(untuned(), num_chains=2).states.shape[0] == LangevinConfig().steps + 1  # the training sampler
     idata = langevin_inference_data(run)
     assert idata.posterior["z"].shape == (5, 8, LATENT_DIM)
 
@@ -166,7 +169,7 @@ def tiny_model(prior):
 
 
 def test_transition_figure_decodes_every_modality(tmp_path):
-    prior = EnergyBasedPrior(LATENT_DIM, EBMPriorConfig(hidden=8, depth=2, langevin=LangevinConfig(steps=10)))
+    prior = EnergyBasedPrior(LATENT_DIM, EBMPriorConfig(hidden=8, depth=2, generation_steps=10))
     model = tiny_model(prior)
     run = prior_chains(prior(), num_chains=3)
     sentences = []

@@ -99,7 +99,8 @@ def test_resume_continues_exactly(tmp_path):
         for key in state:
             assert torch.equal(state[key], reference[key]), f"{module}.{key} differs after resuming"
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in straight["history"]]
-    assert [r["energy_gap"] for r in resumed["history"]] == [r["energy_gap"] for r in straight["history"]]
+    watched = ("f_positive", "f_noise", "log_normaliser")  # the default estimator's watch (NCE)
+    assert [[r[k] for k in watched] for r in resumed["history"]] == [[r[k] for k in watched] for r in straight["history"]]
     for metric in ("test_loss", "joint_coherence", "joint_digits"):
         assert resumed[metric] == straight[metric]
     digits = straight["joint_digits"]
@@ -114,7 +115,15 @@ def test_ebm_run_starts_from_the_laplace_run_at_the_end_of_its_warmup(tmp_path):
     results = run(ebm, progress=False)
     laplace_history = json.loads((Path(laplace.out) / "metrics.json").read_text())
     assert results["history"][0]["loss"] == laplace_history[0]["loss"]  # the warm-up epoch, taken over
-    assert "energy_gap" in results["history"][1]
+    assert "energy_gap" not in results["history"][0] and "log_normaliser" in results["history"][1]
+
+
+def test_a_warmup_as_long_as_the_run_is_refused_before_anything_is_written(tmp_path):
+    config = _smoke(tmp_path, "all_warmup", epochs=2, ebm_warmup_epochs=2)
+    with pytest.raises(ValueError, match="--ebm-warmup-epochs 2 leaves none of the 2 epochs to train the EBM prior"):
+        run(config, progress=False)
+    assert not Path(config.out).exists()
+    assert smoke_config(replace_settings(config, ebm_warmup_epochs=5)).train.prior_warmup_epochs == 1
 
 
 def test_checkpoint_of_killed_run_loads_and_resumes(tmp_path):

@@ -153,10 +153,14 @@ def test_iwae_tightens_with_k_towards_the_log_likelihood(guide_name, limit_gap):
     assert exact - final < (exact - bounds[0][0]) / 10
 
 
-def test_iwae_and_dreg_with_one_sample_equal_the_elbo_with_an_ebm_prior():
+@pytest.mark.parametrize("estimator", ["ml", "nce"])
+def test_iwae_and_dreg_with_one_sample_equal_the_elbo_with_an_ebm_prior(estimator):
     torch.manual_seed(0)
     shapes = {"a": (4,), "b": (3,)}
-    prior = PRIORS["ebm"](LATENT_DIM, EBMPriorConfig(hidden=8, depth=2, langevin=LangevinConfig(steps=3)))
+    # NCE against p0: the mixture's Gaussian moves with every batch it scores, so two objectives
+    # evaluated one after the other would see different noise.
+    ebm = EBMPriorConfig(hidden=8, depth=2, estimator=estimator, nce_noise="base", langevin=LangevinConfig(steps=3))
+    prior = PRIORS["ebm"](LATENT_DIM, ebm)
     model = MultimodalVAE(
         {name: MLPDecoder(LATENT_DIM, shape, hidden=(8,), output="identity") for name, shape in shapes.items()},
         {name: Likelihood("laplace", 0.75) for name in shapes},
@@ -168,7 +172,7 @@ def test_iwae_and_dreg_with_one_sample_equal_the_elbo_with_an_ebm_prior():
     parameters = list(model.parameters()) + list(guide.parameters())
 
     def loss_and_grads(objective):
-        torch.manual_seed(1)  # the same guide draws and Langevin negatives for every objective
+        torch.manual_seed(1)  # the same guide draws and Langevin negatives (or noise draws) for every objective
         loss = objective(model, guide)(batch, num_draws=guide.num_draws)
         return loss.item(), torch.autograd.grad(loss, parameters)
 

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import matplotlib.axes
 import pytest
 import torch
 
@@ -46,9 +47,11 @@ def commands(out: Path) -> dict[str, list[str]]:
     }
 
 
-def test_warmup_epochs_are_read_from_the_ebm_options():
-    assert polymnist_protocol.warmup_epochs("--langevin-steps 60 --ebm-warmup-epochs 2 --prior-lr 2e-5") == 2
-    assert polymnist_protocol.warmup_epochs("--langevin-steps 60") == 0
+def test_warmup_epochs_are_read_from_the_ebm_options_else_the_examples_default():
+    assert polymnist_protocol.warmup_epochs("--langevin-steps 60 --ebm-warmup-epochs 3 --prior-lr 2e-5") == 3
+    assert polymnist_protocol.warmup_epochs("--ebm-warmup-epochs 0") == 0
+    assert polymnist_protocol.example_warmup_epochs() == 2  # examples/polymnist.py's DEFAULTS
+    assert polymnist_protocol.warmup_epochs("--langevin-steps 60") == 2
 
 
 def test_ebm_run_starts_from_the_laplace_runs_warmup_checkpoint(tmp_path):
@@ -129,3 +132,20 @@ def test_two_stage_fits_take_their_own_batch_size(tmp_path):
     for name, command in commands.items():
         assert command.count("--batch-size") == 1
         assert command[command.index("--batch-size") + 1] == ("64" if name in polymnist_protocol.DEPENDS_ON else "32")
+
+
+def test_gap_figure_plots_the_training_gap_of_ml_and_generations_gap_of_nce(tmp_path, monkeypatch):
+    runs = {"ml": [{"epoch": 0, "energy_gap": 0.3}, {"epoch": 1, "energy_gap": 0.2}],
+            "nce": [{"epoch": 0}, {"epoch": 1, "generation_gap": 2.5}], "laplace": [{"epoch": 0, "loss": 1.0}]}
+    for name, history in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(history))
+    plotted = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "plot", lambda ax, x, y, **kw: plotted.append((kw["label"], x, y)) or real(ax, x, y, **kw)
+    )
+    path = polymnist_protocol.plot_energy_gaps({name: tmp_path / name for name in runs}, tmp_path / "gap.png")
+    assert path.is_file()
+    assert plotted == [("ml", (1, 2), (0.3, 0.2)), ("nce (generation's chains)", (2,), (2.5,))]
+    assert polymnist_protocol.plot_energy_gaps({"laplace": tmp_path / "laplace"}, tmp_path / "none.png") is None

@@ -137,14 +137,26 @@ def test_resume_records_the_settings_it_changes_in_the_run_history(run_folder):
     assert saved.resumes == expected and saved.train.epochs == 3
 
 
+def test_resume_may_change_how_generation_samples_the_prior(run_folder):
+    """Generation's sampler does not change what the finished epochs trained."""
+    config, out = run_folder
+    changed = dict(ebm_generation_metropolis=True, ebm_generation_steps=900, ebm_generation_step_size=0.2)
+    (record,) = claim_out_folder(replace_settings(config, resume=True, **changed)).resumes
+    assert record["changed"] == {
+        "ebm_generation_metropolis": {"from": None, "to": True},
+        "ebm_generation_steps": {"from": config.ebm.generation_steps, "to": 900},
+        "ebm_generation_step_size": {"from": config.ebm.generation_step_size, "to": 0.2},
+    }
+
+
 def test_resume_of_a_run_saved_before_a_setting_existed_takes_its_default(run_folder):
     config, out = run_folder
     saved = json.loads((out / EXPERIMENT_CONFIG_NAME).read_text())
-    del saved["ebm"]["persistent"]  # as if written by a version without the setting
+    del saved["ebm"]["spectral_norm"]  # as if written by a version without the setting
     (out / EXPERIMENT_CONFIG_NAME).write_text(json.dumps(saved))
     assert claim_out_folder(dataclasses.replace(config, resume=True)).resumes == []
-    with pytest.raises(ResumeMismatchError, match="ebm_persistent False -> True"):
-        claim_out_folder(replace_settings(config, resume=True, ebm_persistent=True))
+    with pytest.raises(ResumeMismatchError, match="ebm_spectral_norm False -> True"):
+        claim_out_folder(replace_settings(config, resume=True, ebm_spectral_norm=True))
 
 
 def test_a_run_saved_flat_by_an_earlier_version_loads_and_resumes(run_folder):
@@ -291,7 +303,8 @@ def test_broken_energy_network_is_named_in_sampling_and_in_training(fault):
 
 def test_langevin_step_far_too_large_for_the_laplace_base_is_refused():
     # Finite chains, |z| in the hundreds:
-    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, langevin=LangevinConfig(steps=20, step_size=20.0)))
+    sampler = dict(langevin=LangevinConfig(steps=20, step_size=20.0), generation_steps=None, generation_step_size=None)
+    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, estimator="ml", **sampler))
     with pytest.raises(LangevinDivergenceError, match="base scales from the base's centre.*step size 20.0"):
         prior().sample((100,))
     model, guide = tiny_model(prior)

@@ -16,6 +16,7 @@ from pyro_mmebm import LangevinConfig
 from pyro_mmebm.ebm import tilted_laplace
 from pyro_mmebm.ebm.langevin import LangevinRun
 from pyro_mmebm.experiment import (
+    ADDED_SETTINGS,
     ExperimentConfig,
     add_arguments,
     build_model_and_guide,
@@ -51,8 +52,8 @@ BUILDERS = {
 @pytest.mark.parametrize("builder", sorted(BUILDERS))
 def test_the_langevin_options_reach_the_sampler_inside_the_built_prior(builder, monkeypatch):
     config = parse(
-        "--langevin-step-size", "0.37", "--langevin-steps", "7", "--ebm-generation-steps", "9",
-        "--ebm-generation-metropolis",
+        "--ebm-estimator", "ml", "--langevin-step-size", "0.37", "--langevin-steps", "7",
+        "--ebm-generation-steps", "9", "--ebm-generation-step-size", "0.2", "--ebm-generation-metropolis",
     )
     model, _ = BUILDERS[builder](config)
     chains = []
@@ -65,7 +66,7 @@ def test_the_langevin_options_reach_the_sampler_inside_the_built_prior(builder, 
     model.prior().sample((3,))  # generation
     model.prior().log_prob(torch.zeros(5, 4, requires_grad=True))  # training negatives
     assert chains == [
-        LangevinConfig(steps=9, step_size=0.37, metropolis=True),
+        LangevinConfig(steps=9, step_size=0.2, metropolis=True),
         LangevinConfig(steps=7, step_size=0.37),
     ]
 
@@ -124,7 +125,8 @@ EARLIER_SETTINGS = dict(
 
 
 def test_every_earlier_option_keeps_its_name_and_meaning():
-    settings = to_flat(parse(*EARLIER_COMMAND.split()))
+    # --ebm-persistent is for maximum likelihood, the default estimator then
+    settings = to_flat(parse(*EARLIER_COMMAND.split(), "--ebm-estimator", "ml"))
     assert {name: settings[name] for name in EARLIER_SETTINGS} == EARLIER_SETTINGS
     assert parse("--guide", "poe").guide.name == "poe" and parse("--overwrite").overwrite
 
@@ -151,3 +153,29 @@ def test_a_configuration_reads_back_from_json_nested_or_flat():
     assert defaults.ebm.langevin == LangevinConfig()
     with pytest.raises(ValueError, match="unknown settings of ExperimentConfig: \\['langevin_stepsize'\\]"):
         replace_settings(config, langevin_stepsize=0.4)
+
+
+@pytest.mark.parametrize("layout", ["nested", "flat"])
+def test_a_run_saved_before_a_setting_existed_reads_back_as_it_ran(layout):
+    """An experiment.json written before the estimator, the NCE noise, the encoder gradient, the
+    generation sampler and the warm-up were settings is a maximum-likelihood run with the full encoder
+    gradient, generation by the training sampler from p0 and no warm-up, whatever the defaults are now."""
+    current = parse()
+    assert current.ebm.estimator == "nce" and current.ebm.generation_steps == 500  # the defaults differ
+    saved = to_dict(current) if layout == "nested" else to_flat(current)
+    saved = json.loads(json.dumps(saved))
+    if layout == "nested":
+        for name in ("estimator", "nce_noise", "encoder_gradient", "generation_steps", "generation_step_size",
+                     "generation_start"):
+            del saved["ebm"][name]
+        del saved["train"]["prior_warmup_epochs"]
+    else:
+        for name in ADDED_SETTINGS:
+            del saved[name]
+    old = read_experiment_config(saved)
+    assert old.ebm.estimator == "ml" and old.ebm.contrast_noise is None and old.ebm.encoder_gradient == 1.0
+    assert old.ebm.generation == old.ebm.langevin and old.ebm.generation_start == "base"
+    assert old.train.prior_warmup_epochs == 0
+    assert old.ebm.hidden == current.ebm.hidden  # a setting it has keeps its value
+    nce_before_the_mixture = {name: value for name, value in to_flat(current).items() if name != "ebm_nce_noise"}
+    assert read_experiment_config(json.loads(json.dumps(nce_before_the_mixture))).ebm.contrast_noise == "base"

@@ -29,7 +29,7 @@ def test_fit_logs_losses_energies_learning_rates_and_step_times(tmp_path):
     for tag in ("train/loss", "ebm/energy_gap", "ebm/f_positive", "ebm/f_negative", "lr/vae", "lr/prior",
                 "time/step_seconds"):
         assert [event.step for event in logged.Scalars(tag)] == list(range(1, steps + 1)), tag
-    assert [event.value for event in logged.Scalars("lr/prior")] == pytest.approx([1e-4] * steps)
+    assert [event.value for event in logged.Scalars("lr/prior")] == pytest.approx([TrainConfig().prior_lr] * steps)
     epoch_losses = [event.value for event in logged.Scalars("epoch/loss")]
     assert epoch_losses == pytest.approx([record["loss"] for record in history], rel=1e-6)  # float32 events
     per_step = torch.tensor([event.value for event in logged.Scalars("train/loss")])

@@ -200,7 +200,7 @@ def test_noise_contrastive_two_stage_fit_learns_the_log_density_ratio_to_the_bas
     """The minimiser of the logistic loss is ``f = log q − log p0``: the tilted prior is ``q``, with
     ``Z(α) = 1``. Fitted by the two-stage loss to a known ``q``."""
     torch.manual_seed(0)
-    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=32, depth=3, estimator="nce"))
+    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=32, depth=3, estimator="nce", nce_noise="base"))
     guide = KnownPosterior()
     batch = fit_to_known_posterior(prior, guide, batch_size=1024, steps=1500, slower_from=1000)
     z = guide.posterior(batch).sample((4,)).reshape(-1, 2)  # where q has its mass
@@ -266,7 +266,18 @@ def test_noise_contrastive_gradient_against_another_noise_is_the_logistic_loss_s
     with pytest.raises(ValueError, match="a noise other than p0 is for the 'nce' estimator; this prior's is 'ml'"):
         tilted(energy, 2, noise=noise)
     with pytest.raises(ValueError, match="nce_noise 'base\\+gaussian' is for the 'nce' estimator; this one is 'ml'"):
-        EBMPriorConfig(nce_noise="base+gaussian")
+        EBMPriorConfig(estimator="ml", nce_noise="base+gaussian")
+
+
+def test_the_default_noise_is_the_mixture_for_nce_and_none_for_ml():
+    assert EBMPriorConfig().contrast_noise == "base+gaussian"
+    assert EBMPriorConfig(nce_noise="base").contrast_noise == "base"
+    assert EBMPriorConfig(estimator="ml").contrast_noise is None
+    assert EBMPriorConfig(estimator="ml", nce_noise="base").contrast_noise is None  # as runs before the mixture saved it
+    assert EnergyBasedPrior(2, EBMPriorConfig(hidden=8)).noise is not None
+    assert EnergyBasedPrior(2, EBMPriorConfig(hidden=8, estimator="ml")).noise is None
+    with pytest.raises(ValueError, match="generation_start 'noise' starts from the Gaussian"):
+        EBMPriorConfig(estimator="ml", generation_start="noise")
 
 
 def test_the_fitted_gaussian_noise_matches_the_moments_it_is_shown_and_knows_its_density():
@@ -330,7 +341,7 @@ def test_generation_starts_its_chains_from_the_fitted_gaussian_when_asked():
     with pytest.raises(ValueError, match="unknown generation_start 'prior'"):
         tilted(peaked, 1, estimator="nce", noise=noise, generation_start="prior")
     with pytest.raises(ValueError, match="generation_start 'noise' starts from the Gaussian of nce_noise"):
-        EBMPriorConfig(estimator="nce", generation_start="noise")
+        EBMPriorConfig(estimator="nce", nce_noise="base", generation_start="noise")
 
 
 def test_regularisation_changes_gradient_not_value():

@@ -62,12 +62,18 @@ class CaptionEncoder(Encoder):
         return loc, raw_scale
 
 
+SHORT_RUN_ML = EBMPriorConfig(
+    hidden=64, depth=3, estimator="ml", encoder_gradient=0.0, generation_steps=None, generation_step_size=None,
+    langevin=LangevinConfig(steps=20, step_size=0.3),
+)
+"""The EBM prior of the notebooks: trained by maximum likelihood with short-run Langevin negatives,
+which also generate, so that the chains the prior notebook diagnoses are the ones training drew."""
+
+
 def build_model(prior: str = "ebm", latent_dim: int = 4) -> tuple[MultimodalVAE, MixtureOfExpertsGuide]:
     """The model (``prior``: ``"ebm"`` or ``"laplace"``) and its mixture-of-experts guide."""
     priors = {
-        "ebm": lambda: EnergyBasedPrior(
-            latent_dim, EBMPriorConfig(hidden=64, depth=3, langevin=LangevinConfig(steps=20, step_size=0.3))
-        ),
+        "ebm": lambda: EnergyBasedPrior(latent_dim, SHORT_RUN_ML),
         "laplace": lambda: LaplacePrior(latent_dim),
     }
     decoders = {

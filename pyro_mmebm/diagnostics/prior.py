@@ -58,13 +58,14 @@ def prior_chains(
     """Run ``num_chains`` independent Langevin chains of ``prior`` from ``p0``, keeping every state.
 
     :param prior: the EBM prior (``model.prior()``), batch shape ``()``.
-    :param langevin: ``K`` and ``s``; default the prior's own (``prior.langevin``).
+    :param langevin: ``K`` and ``s``; default the sampler that generates (``prior.generation``, the
+        training sampler ``prior.langevin`` unless generation has its own).
     :returns: a recorded :class:`~pyro_mmebm.ebm.langevin.LangevinRun`, ``states`` of shape
         ``(K + 1, num_chains, d)``.
     """
     _check_unbatched(prior)
     init = prior.base_dist.sample((num_chains,))
-    return langevin_run(prior.unnormalized_log_prob, init, langevin or prior.langevin, record=True)
+    return langevin_run(prior.unnormalized_log_prob, init, langevin or prior.generation, record=True)
 
 
 def _langevin_groups(run: LangevinRun, steps: np.ndarray) -> tuple[xr.Dataset, xr.Dataset]:

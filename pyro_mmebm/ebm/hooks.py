@@ -5,17 +5,26 @@ the classifier with noise-contrastive estimation (:func:`prior_watch` picks)."""
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING, Union
 
+import torch
 from torch import Tensor, nn
 
 from pyro_mmebm.contracts import TrainingHook
+from pyro_mmebm.ebm.langevin import LangevinDivergenceError
 from pyro_mmebm.ebm.monitoring import EBMDivergenceError, check_energy_gap, penalty_gap
 from pyro_mmebm.ebm.prior import EnergyBasedPrior
 
 if TYPE_CHECKING:
     from pyro_mmebm.training import TrainConfig
+
+GENERATION_GAP_STEPS = 100
+"""The steps at the end of an epoch whose posterior draws :class:`NoiseContrastWatch` compares with
+generation's samples (``f_α`` moves during an epoch; its last steps are the prior that generates)."""
+
+GENERATION_GAP_SEED = 0
+"""The seed of the chains :class:`NoiseContrastWatch` runs at the end of each epoch: the same starts
+every epoch, so that the gap's changes are the prior's."""
 
 
 class BasePriorWarmup(TrainingHook):
@@ -94,12 +103,23 @@ class NoiseContrastWatch(TrainingHook):
 
     The logistic loss is bounded below, so nothing here can run away as the maximum-likelihood gap
     can; a non-finite value stops training with :class:`~pyro_mmebm.ebm.EBMDivergenceError`.
+
+    Training draws no Langevin chain, so at the end of each epoch the watch runs generation's own
+    sampler (``prior().sample``) on ``generation_samples`` chains, from a fixed seed and without
+    touching the training's random streams, and records the mean of ``f`` on them (``f_generated``)
+    and ``generation_gap``, the mean of ``f`` on the posterior draws of the epoch's last
+    :data:`GENERATION_GAP_STEPS` steps minus ``f_generated``: how far the samples that generation
+    would decode are from the posterior draws ``f_α`` was fitted to. Chains that leave the base (a
+    :class:`~pyro_mmebm.ebm.LangevinDivergenceError`) are recorded as ``generation_diverged = 1``
+    and training goes on.
     """
 
     NAMES = ("f_positive", "f_noise", "nce_loss", "nce_accuracy", "log_normaliser")
 
-    def __init__(self, prior: EnergyBasedPrior) -> None:
+    def __init__(self, prior: EnergyBasedPrior, generation_samples: int = 500) -> None:
+        self.prior = prior
         self.monitor = prior.monitor
+        self.generation_samples = generation_samples
         self.records: list[list[float]] = []
 
     def start_epoch(self, epoch: int) -> None:
@@ -122,7 +142,22 @@ class NoiseContrastWatch(TrainingHook):
     def end_epoch(self) -> dict[str, float]:
         if not self.records:
             return {}
-        return {name: sum(column) / len(column) for name, column in zip(self.NAMES, zip(*self.records))}
+        summary = {name: sum(column) / len(column) for name, column in zip(self.NAMES, zip(*self.records))}
+        recent = [values[0] for values in self.records[-GENERATION_GAP_STEPS:]]  # f on the posterior draws
+        return {**summary, **self.generation_gap(sum(recent) / len(recent))}
+
+    def generation_gap(self, f_positive: float) -> dict[str, float]:
+        """``f_generated`` and ``generation_gap`` (see the class), or ``generation_diverged``."""
+        device = self.prior.loc.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(GENERATION_GAP_SEED)
+            try:
+                samples = self.prior().sample((self.generation_samples,))
+            except LangevinDivergenceError:
+                return {"generation_diverged": 1.0}
+        with torch.no_grad():
+            f_generated = float(self.prior.energy(samples).mean())
+        return {"f_generated": f_generated, "generation_gap": f_positive - f_generated}
 
 
 def prior_watch(prior: EnergyBasedPrior, max_gap: float) -> Union[EnergyGapWatch, NoiseContrastWatch]:

@@ -22,6 +22,7 @@ from pyro_mmebm.data.fake import write_fake_dataset
 from pyro_mmebm.experiment.building import build_model_and_guide, build_objective, build_prior
 from pyro_mmebm.experiment.command_line import add_arguments, config_from_args
 from pyro_mmebm.experiment.config import (
+    ADDED_SETTINGS,
     ARCHITECTURE_SETTINGS,
     EXPERIMENT_CONFIG_NAME,
     RESULTS_NAME,
@@ -39,6 +40,7 @@ from pyro_mmebm.experiment.evaluation import evaluate, summary_row
 from pyro_mmebm.experiment.running import ModelAndGuide, load_run, run
 
 __all__ = [
+    "ADDED_SETTINGS",
     "ARCHITECTURE_SETTINGS",
     "DATASETS",
     "DatasetSpec",

@@ -110,6 +110,19 @@ class ExperimentConfig:
 RETIRED_SETTINGS = ("extra",)
 """Settings of earlier versions that no longer exist, dropped when their ``experiment.json`` is read."""
 
+ADDED_SETTINGS = {
+    "ebm_encoder_gradient": 1.0,
+    "ebm_estimator": "ml",
+    "ebm_nce_noise": "base",
+    "ebm_generation_steps": None,
+    "ebm_generation_step_size": None,
+    "ebm_generation_start": "base",
+    "ebm_warmup_epochs": 0,
+}
+"""Settings added since the first runs were saved, with what those runs did, for an ``experiment.json``
+that lacks them: the full encoder gradient, maximum likelihood, NCE against ``p0`` (before its noise
+was a setting), generation by the training sampler from ``p0``, no warm-up. Their defaults now differ."""
+
 ARCHITECTURE_SETTINGS = ("dataset", "latent_dim", "private_latent_dim", "guide")
 """Settings a two-stage run takes from the run it starts from (they fix the trained networks)."""
 
@@ -121,7 +134,7 @@ RUN_FILE_PATTERNS = (
 
 RESUMABLE_SETTINGS = (
     "epochs", "two_stage_epochs", "max_energy_gap", "ebm_generation_steps", "ebm_generation_step_size", "ebm_generation_start",
-    "device",
+    "ebm_generation_metropolis", "device",
     "tensorboard", "data_root", "source_root", "download", "cache_dir", "eval_size", "eval_batch_size", "joint_samples",
     "probe_train_size", "max_source_size", "classifier_epochs", "channels_last", "precision", "compile",
 )
@@ -132,8 +145,8 @@ each change is recorded in ``resumes``. A resume that changes any other setting 
 def read_experiment_config(saved: Mapping[str, Any]) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from its JSON form: nested, or flat (every setting by its flat name,
     ``ebm_hidden``, ``langevin_step_size``, ...) as earlier versions wrote it; settings it lacks (added
-    since) take their defaults."""
-    return from_dict(ExperimentConfig, saved, retired=RETIRED_SETTINGS)
+    since) take what those versions did (:data:`ADDED_SETTINGS`), or their defaults."""
+    return from_dict(ExperimentConfig, saved, retired=RETIRED_SETTINGS, added=ADDED_SETTINGS)
 
 
 def load_experiment_config(directory: str | Path) -> ExperimentConfig:
@@ -162,21 +175,27 @@ def claim_out_folder(config: ExperimentConfig) -> ExperimentConfig:
 
 
 def smoke_config(config: ExperimentConfig) -> ExperimentConfig:
-    """``config`` shrunk to seconds: generated data under ``<out>/smoke_data``, tiny networks and sizes."""
+    """``config`` shrunk to seconds: generated data under ``<out>/smoke_data``, tiny networks and sizes,
+    and a warm-up that leaves the EBM prior's tilt its last epoch to train."""
     data = str(Path(config.out) / "smoke_data")
+    generation_steps = config.ebm.generation_steps
+    epochs = min(config.train.epochs, 2)
     return replace_settings(
         config,
         data_root=data, source_root=None, cache_dir=str(Path(data) / "cache"), smoke=True,
         latent_dim=min(config.latent_dim, 4), private_latent_dim=min(config.guide.private_latent_dim, 2),
         ebm_hidden=min(config.ebm.hidden, 16), ebm_depth=min(config.ebm.depth, 2),
         langevin_steps=min(config.ebm.langevin.steps, 3), num_samples=min(config.num_samples, 2),
-        epochs=min(config.train.epochs, 2), batch_size=min(config.batch_size, 10), epoch_size=None,
+        ebm_generation_steps=None if generation_steps is None else min(generation_steps, 3),
+        epochs=epochs, ebm_warmup_epochs=min(config.train.prior_warmup_epochs, epochs - 1),
+        batch_size=min(config.batch_size, 10), epoch_size=None,
         eval_size=10, eval_batch_size=10, joint_samples=10, probe_train_size=20,
         max_source_size=1, classifier_epochs=1, two_stage_epochs=min(config.two_stage_epochs, 1),
     )
 
 
 __all__ = [
+    "ADDED_SETTINGS",
     "ARCHITECTURE_SETTINGS",
     "EXPERIMENT_CONFIG_NAME",
     "RESULTS_NAME",

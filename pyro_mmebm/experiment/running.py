@@ -37,6 +37,7 @@ from pyro_mmebm.experiment.config import (
 )
 from pyro_mmebm.experiment.datasets import build_datasets, train_loader
 from pyro_mmebm.experiment.evaluation import evaluate, log_evaluation, summary_row
+from pyro_mmebm.priors import EBM_PRIORS
 from pyro_mmebm.settings import replace_settings, to_dict, to_flat
 from pyro_mmebm.training import fit
 from pyro_mmebm.two_stage import fit_prior_to_posterior
@@ -67,6 +68,11 @@ def run(
         config = smoke_config(config)
     if config.two_stage_from is not None:
         config = _with_first_stage_architecture(config)
+    elif config.prior in EBM_PRIORS and config.train.prior_warmup_epochs >= config.train.epochs:
+        raise ValueError(
+            f"--ebm-warmup-epochs {config.train.prior_warmup_epochs} leaves none of the {config.train.epochs} "
+            "epochs to train the EBM prior: pass more --epochs or fewer --ebm-warmup-epochs"
+        )
     with process_group_from_environment(config.device) as (group, device_name):
         device = select_device(device_name)
         return _run(config, group, device, progress=progress and group.is_main, model_and_guide=model_and_guide)
