@@ -120,7 +120,10 @@ EBM_ESTIMATORS = {"maximum likelihood": ("ml", 1e-4), "noise-contrastive": ("nce
 def fit_energy(draws: Tensor, estimator: str, lr: float, steps: int, batch_size: int, hidden: int) -> EnergyBasedPrior:
     """An EBM prior with a standard Laplace base fitted to ``draws`` by descending ``−Σ log_prob`` of
     batches drawn with replacement (the α-gradient is ``estimator``'s), Adam with betas (0.5, 0.999)."""
-    config = EBMPriorConfig(hidden=hidden, estimator=estimator, langevin=LangevinConfig(steps=60, step_size=0.4))
+    config = EBMPriorConfig(
+        hidden=hidden, estimator=estimator, nce_noise="base" if estimator == "nce" else None,  # NCE against p0
+        langevin=LangevinConfig(steps=60, step_size=0.4),
+    )
     prior = EnergyBasedPrior(draws.shape[1], config)
     optimizer = torch.optim.Adam(prior.energy.parameters(), lr=lr, betas=(0.5, 0.999))
     for _ in range(steps):

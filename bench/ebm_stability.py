@@ -80,6 +80,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     base = from_flat(ExperimentConfig, dict(
         dataset="polymnist", out=str(args.out), data_root=args.data_root, source_root=args.source_root,
         prior="ebm", latent_dim=args.latent_dim, langevin_steps=args.langevin_steps, batch_size=args.batch_size,
+        ebm_estimator="ml", ebm_hidden=200, prior_lr=1e-4,  # the gap of maximum likelihood, as it was measured
         epochs=1, epoch_size=args.steps * args.batch_size, max_energy_gap=args.max_energy_gap, seed=args.seed,
         device=args.device,
     ))
