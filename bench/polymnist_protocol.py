@@ -134,8 +134,9 @@ def example_warmup_epochs() -> int:
 def warmup_epochs(ebm_options: str) -> int:
     """The ``--ebm-warmup-epochs`` among the EBM runs' options (the example's default when not given)."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--ebm-warmup-epochs", type=int, default=example_warmup_epochs())
-    return parser.parse_known_args(shlex.split(ebm_options))[0].ebm_warmup_epochs
+    parser.add_argument("--ebm-warmup-epochs", type=int)
+    given = parser.parse_known_args(shlex.split(ebm_options))[0].ebm_warmup_epochs
+    return example_warmup_epochs() if given is None else given  # the example is loaded only when needed
 
 
 def warmup_checkpoint(run: Path, epochs: int) -> Path:

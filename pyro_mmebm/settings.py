@@ -229,12 +229,17 @@ def from_flat(cls: type, values: Mapping[str, Any], *, ignore: Collection[str] =
     tree: dict[str, Any] = {}
     for name, value in values.items():
         if name in known:
-            node = tree
-            *outer, last = known[name].path
-            for key in outer:
-                node = node.setdefault(key, {})
-            node[last] = value
+            node, key = _holder(tree, known[name].path)
+            node[key] = value
     return _from_nested(cls, tree)
+
+
+def _holder(tree: dict[str, Any], path: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    """The dict of the nested ``tree`` that holds the setting at ``path`` (made where missing), and its key there."""
+    *outer, last = path
+    for key in outer:
+        tree = tree.setdefault(key, {})
+    return tree, last
 
 
 def from_dict(
@@ -260,11 +265,8 @@ def from_dict(
     paths = {s.name: s.path for s in settings_of(cls)}
     tree = copy.deepcopy(dict(data))
     for name, value in added.items():
-        node = tree
-        *outer, last = paths[name]
-        for key in outer:
-            node = node.setdefault(key, {})
-        node.setdefault(last, value)
+        node, key = _holder(tree, paths[name])
+        node.setdefault(key, value)
     return _from_nested(cls, tree)
 
 
