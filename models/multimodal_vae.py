@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import pyro
 import torch
@@ -116,12 +116,22 @@ class MultimodalVAE(nn.Module):
             )
 
     @torch.no_grad()
-    def decode(self, z: Tensor) -> dict[str, Tensor]:
-        """The likelihood mean of every modality at latents ``z`` of shape ``(*batch, d)``."""
+    def decode(self, z: Tensor, modalities: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
+        """The likelihood mean of every modality (or of ``modalities`` only) at latents ``z`` of shape
+        ``(*batch, d)``."""
         return {
-            name: self.likelihoods[name].mean(decode_batched(decoder, z))
-            for name, decoder in self.decoders.items()
+            name: self.likelihoods[name].mean(decode_batched(self.decoders[name], z))
+            for name in self._chosen_modalities(modalities)
         }
+
+    def _chosen_modalities(self, modalities: Optional[Sequence[str]]) -> list[str]:
+        """``modalities`` in the model's order (default: all), checked to be the model's."""
+        if modalities is None:
+            return list(self.modalities)
+        unknown = sorted(set(modalities) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"cannot decode unknown modalities {unknown}; the model has {list(self.modalities)}")
+        return [name for name in self.modalities if name in modalities]
 
     @torch.no_grad()
     def generate(self, num_samples: int) -> tuple[Tensor, dict[str, Tensor]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import pyro
 import torch
@@ -109,23 +109,25 @@ class PrivateLatentVAE(MultimodalVAE):
         private: Optional[Mapping[str, Tensor]] = None,
         *,
         auxiliary_scale: Optional[float] = None,
+        modalities: Optional[Sequence[str]] = None,
     ) -> dict[str, Tensor]:
-        """The likelihood mean of every modality at shared latents ``z`` of shape ``(*batch, d)``.
+        """The likelihood mean of every modality (or of ``modalities`` only) at shared latents ``z`` of
+        shape ``(*batch, d)``.
 
         :param private: known private latents ``{i: w_i}``, each ``(*batch, d_w)`` (e.g. drawn from
-            the guide's ``q(w_i | x_i)`` to reconstruct ``x_i``); every other modality's ``w_j`` is
-            drawn from :meth:`private_prior` with ``auxiliary_scale`` (cross generation).
+            the guide's ``q(w_i | x_i)`` to reconstruct ``x_i``); every other decoded modality's
+            ``w_j`` is drawn from :meth:`private_prior` with ``auxiliary_scale`` (cross generation).
         """
         private = dict(private or {})
         unknown = set(private) - set(self.modalities)
         if unknown:
             raise ValueError(f"private latents given for unknown modalities {sorted(unknown)}")
         means = {}
-        for name, decoder in self.decoders.items():
+        for name in self._chosen_modalities(modalities):
             w = private.get(name)
             if w is None:
                 w = self.private_prior(auxiliary_scale).sample(z.shape[:-1])
-            means[name] = self.likelihoods[name].mean(decode_batched(decoder, torch.cat([z, w], dim=-1)))
+            means[name] = self.likelihoods[name].mean(decode_batched(self.decoders[name], torch.cat([z, w], dim=-1)))
         return means
 
     @torch.no_grad()
@@ -139,21 +141,31 @@ class PrivateLatentVAE(MultimodalVAE):
 
     @torch.no_grad()
     def cross_generate(
-        self, guide: GuideWithPrivateLatents, batch: Mapping[str, Tensor], *, auxiliary_scale: Optional[float] = None
+        self,
+        guide: GuideWithPrivateLatents,
+        batch: Mapping[str, Tensor],
+        *,
+        targets: Optional[Sequence[str]] = None,
+        auxiliary_scale: Optional[float] = None,
     ) -> dict[str, Tensor]:
-        """Every modality's mean given the modalities ``S`` present in ``batch`` (any non-empty subset).
+        """The mean of each of ``targets`` (default: every modality) given the modalities ``S`` present
+        in ``batch`` (any non-empty subset), from one draw of the latents per example: ``{name: (B, *item)}``.
 
-        ``z ~ q(z | X_S)`` from ``guide.posterior`` (for the mixture of experts: one draw per expert
-        in ``S``, the leading dimension), ``w_i ~ q(w_i | x_i)`` for ``i ∈ S`` (reconstruction) and,
-        for ``j ∉ S`` (cross generation), ``w_j`` from the guide's auxiliary prior ``r_j`` (the
-        one the decoders were trained with), or from ``Laplace(0, auxiliary_scale)`` when given.
-        Each value has shape ``(|S|, B, *item)``.
+        ``z ~ q(z | X_S)`` from ``guide.posterior``, the mixture of the experts in ``S``: every expert
+        draws, then one expert per example is kept, uniformly at random (so only the kept draw is
+        decoded). ``w_i ~ q(w_i | x_i)`` for ``i ∈ S`` (reconstruction) and, for ``j ∉ S`` (cross
+        generation), ``w_j`` from the guide's auxiliary prior ``r_j`` (the one the decoders were
+        trained with), or from ``Laplace(0, auxiliary_scale)`` when given.
         """
         shared, private = guide.posteriors(batch)
-        z = shared.sample()
+        z = shared.sample()  # (|S|, B, d): one draw per expert
         given = {name: q_w.sample(z.shape[:-2]) for name, q_w in private.items()}
         if auxiliary_scale is None:
             for name in self.modalities:
                 if name not in given:
                     given[name] = guide.auxiliary_prior(name).sample(z.shape[:-1])
-        return self.decode(z, given, auxiliary_scale=auxiliary_scale)
+        num_experts, batch_size = z.shape[:2]
+        picked = torch.randint(num_experts, (batch_size,)).to(z.device)  # one expert per example
+        examples = torch.arange(batch_size, device=z.device)
+        kept = {name: w[picked, examples] for name, w in given.items()}
+        return self.decode(z[picked, examples], kept, auxiliary_scale=auxiliary_scale, modalities=targets)

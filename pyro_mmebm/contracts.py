@@ -12,7 +12,7 @@ The training loop calls its hooks (the EBM prior's warm-up and energy-gap watch)
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Protocol, runtime_checkable
+from typing import Callable, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from pyro.distributions import TorchDistribution
 from torch import Tensor
@@ -39,8 +39,9 @@ class MultimodalModel(Protocol):
         by ``1 / num_draws`` (further latent sites, such as private latents ``"w_<name>"``, likewise).
         Returns ``z``, shape ``(num_draws, B, d)``."""
 
-    def decode(self, z: Tensor) -> dict[str, Tensor]:
-        """Every modality's likelihood mean at latents ``z`` of shape ``(*batch, d)``: ``{name: (*batch, *item)}``."""
+    def decode(self, z: Tensor, modalities: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
+        """Every modality's (or only ``modalities``') likelihood mean at latents ``z`` of shape
+        ``(*batch, d)``: ``{name: (*batch, *item)}``."""
 
     def generate(self, num_samples: int) -> tuple[Tensor, dict[str, Tensor]]:
         """``num_samples`` latents ``(num_samples, d)`` from the prior and their decoded means (:meth:`decode`)."""
@@ -95,9 +96,10 @@ class CrossGeneratingModel(MultimodalModel, Protocol):
     """A model whose decoders need more than ``z`` (private latents), so that generating from a subset
     of the modalities is its own method rather than ``decode`` of a posterior draw."""
 
-    def cross_generate(self, guide: Guide, batch: Batch) -> dict[str, Tensor]:
-        """Every modality's mean given the modalities present in ``batch``: ``{name: (B, *item)}``, or
-        ``(K, B, *item)`` with one entry per stratum of ``guide.posterior(batch)``."""
+    def cross_generate(self, guide: Guide, batch: Batch, *, targets: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
+        """The mean of each of ``targets`` (default: every modality) given the modalities present in
+        ``batch``, from one draw of the latents per example (of a mixture-of-experts posterior, one
+        expert's draw, uniformly at random): ``{name: (B, *item)}``."""
 
 
 class TrainingHook(Protocol):

@@ -134,11 +134,32 @@ def test_cross_generation_draws_w_from_the_learned_auxiliary_prior():
         guide.auxiliary_log_scale["b"].fill_(-30.0)  # r_b is a point mass at 0
     batch = make_batch()
     torch.manual_seed(0)
-    generated = model.cross_generate(guide, {"a": batch["a"]})["b"]
+    generated = model.cross_generate(guide, {"a": batch["a"]}, targets=["b"])
     torch.manual_seed(0)
-    z = guide.posterior({"a": batch["a"]}).sample()
-    expected = model.decode(z, {"b": torch.zeros(*z.shape[:-1], PRIVATE_DIM)})["b"]
-    torch.testing.assert_close(generated, expected)
+    z = guide.posterior({"a": batch["a"]}).sample()[0]  # the one expert's draw
+    expected = model.decode(z, {"b": torch.zeros(*z.shape[:-1], PRIVATE_DIM)}, modalities=["b"])
+    assert list(generated) == ["b"]
+    torch.testing.assert_close(generated["b"], expected["b"])
+
+
+def test_cross_generation_keeps_one_experts_draw_per_example_uniformly():
+    """From two modalities, each example's generation decodes the draw of one of the two experts,
+    and each expert's in half of the examples (tolerance: 5 binomial standard deviations)."""
+    model, guide = make_model_and_guide()
+    n = 2000
+    generator = torch.Generator().manual_seed(1)
+    batch = {name: torch.rand(n, *shape, generator=generator).round() for name, shape in SHAPES.items()}
+    torch.manual_seed(0)
+    generated = model.cross_generate(guide, batch, targets=["a"])["a"]
+    torch.manual_seed(0)  # the same draws: every expert's z, then q(w_i | x_i) in the batch's order
+    shared, private = guide.posteriors(batch)
+    z = shared.sample()
+    w_a = private["a"].sample(z.shape[:-2])
+    candidates = torch.stack([model.decode(z[k], {"a": w_a[k]}, modalities=["a"])["a"] for k in range(2)])
+    matches = (candidates == generated).flatten(2).all(-1)  # (expert, example)
+    assert bool((matches.sum(0) >= 1).all())  # every example is one expert's decoded draw
+    share = matches[0].float().mean().item()
+    assert abs(share - 0.5) < 5 * math.sqrt(0.25 / n)
 
 
 def test_decode_uses_given_private_latents_and_draws_the_others():
@@ -151,6 +172,8 @@ def test_decode_uses_given_private_latents_and_draws_the_others():
     assert {name: tuple(x.shape) for name, x in first.items()} == {"a": (7, 4), "b": (7, 2, 3)}
     with pytest.raises(ValueError, match="unknown modalities"):
         model.decode(z, {"c": w_a})
+    with pytest.raises(ValueError, match=r"cannot decode unknown modalities \['c'\]"):
+        model.decode(z, modalities=["a", "c"])
 
 
 def test_cross_generation_prior_is_explicit():
@@ -173,8 +196,9 @@ def test_cross_generate_from_any_subset(present):
     full = make_batch()
     batch = {name: full[name] for name in present}
     generated = model.cross_generate(guide, batch, auxiliary_scale=2.0)
-    expected = {name: (len(present), BATCH_SIZE) + shape for name, shape in SHAPES.items()}
+    expected = {name: (BATCH_SIZE,) + shape for name, shape in SHAPES.items()}
     assert {name: tuple(x.shape) for name, x in generated.items()} == expected
+    assert list(model.cross_generate(guide, batch, targets=["b"])) == ["b"]
     assert set(guide.private_posterior(batch)) == set(present)
     assert guide.posterior(batch).batch_shape == (len(present), BATCH_SIZE)
     z, means = model.generate(3)

@@ -17,10 +17,8 @@ The model and guide are modules used through their contracts
 (:mod:`pyro_mmebm.contracts`): ``model.modalities``, ``model.decode(z)``, ``model.generate(n)``
 (:class:`~pyro_mmebm.contracts.MultimodalModel`) and ``guide.posterior({name: x})``, ``q(z | X_S)``
 for the modalities in the dict (:class:`~pyro_mmebm.contracts.Guide`). A model whose decoders need
-more than ``z`` (private latents) generates with its ``cross_generate(guide, source_batch)``
-(:class:`~pyro_mmebm.contracts.CrossGeneratingModel`); of means with one entry per stratum of a
-:class:`~pyro_mmebm.distributions.StratifiedMixtureOfExperts` posterior, one stratum is then kept per
-example, uniformly at random, like :func:`sample_mixture`.
+more than ``z`` (private latents) generates with its ``cross_generate(guide, source_batch, targets=...)``
+(:class:`~pyro_mmebm.contracts.CrossGeneratingModel`), one draw per example, like :func:`sample_mixture`.
 
 [1] Shi, Siddharth, Paige, Torr (2019) "Variational Mixture-of-Experts Autoencoders for Multi-Modal
     Deep Generative Models". [2] Sutter, Daunhawer, Vogt (2021) "Generalized Multimodal ELBO".
@@ -123,25 +121,20 @@ def posterior_mean(posterior: TorchDistribution, num_samples: int = 16) -> Tenso
         return sample_mixture(posterior, torch.Size([num_samples])).mean(0)
 
 
-def generate_from(model: MultimodalModel, guide: Guide, source: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Every modality's mean given the modalities in ``source``: ``{name: (B, *item)}``.
+def generate_from(
+    model: MultimodalModel, guide: Guide, source: Mapping[str, Tensor], targets: Optional[Sequence[str]] = None
+) -> dict[str, Tensor]:
+    """The mean of each of ``targets`` (default: every modality) given the modalities in ``source``:
+    ``{name: (B, *item)}``.
 
     ``z`` is one mixture draw from ``guide.posterior(source)`` (:func:`sample_mixture`), decoded by
     ``model.decode``; a :class:`~pyro_mmebm.contracts.CrossGeneratingModel` uses its
-    ``cross_generate(guide, source)`` instead.
+    ``cross_generate(guide, source, targets=targets)`` instead. Only ``targets`` are decoded.
     """
     with torch.no_grad():
-        if not isinstance(model, CrossGeneratingModel):
-            return model.decode(sample_mixture(guide.posterior(source)))
-        generated = model.cross_generate(guide, source)
-        posterior = guide.posterior(source)
-        if not isinstance(posterior, StratifiedMixtureOfExperts):
-            return dict(generated)
-        # One stratum per example, as sample_mixture does for z.
-        num_strata, batch_size = posterior.batch_shape[:2]
-        picked = torch.randint(num_strata, (batch_size,))
-        examples = torch.arange(batch_size)
-        return {name: x[picked.to(x.device), examples.to(x.device)] for name, x in generated.items()}
+        if isinstance(model, CrossGeneratingModel):
+            return model.cross_generate(guide, source, targets=targets)
+        return model.decode(sample_mixture(guide.posterior(source)), targets)
 
 
 # --- joint coherence -----------------------------------------------------------------------------
@@ -390,11 +383,11 @@ def cross_coherence(
         for batch, labels in _batches(loader, num_batches, device):
             labels = labels.to(device)
             for sources in subsets:
-                generated = generate_from(model, guide, {name: batch[name] for name in sources})
-                for target in targets:
-                    if target not in sources:
-                        prediction = _predict(classifiers[target], generated[target].to(device))
-                        correct[(sources, target)] += int((prediction == labels).sum())
+                missing = [target for target in targets if target not in sources]
+                generated = generate_from(model, guide, {name: batch[name] for name in sources}, missing)
+                for target in missing:
+                    prediction = _predict(classifiers[target], generated[target].to(device))
+                    correct[(sources, target)] += int((prediction == labels).sum())
             total += labels.numel()
     if total == 0:
         raise ValueError("cannot compute cross coherence on an empty loader")
