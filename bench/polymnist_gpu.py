@@ -5,9 +5,9 @@
     python bench/polymnist_gpu.py --out /tmp/gpu_try --device cpu --epochs 1 --epoch-size 256 \
         --two-stage-epochs 1 --eval-size 200 --joint-samples 200 --parallel 1       # a dry run on CPU
 
-Five runs share the one device, side by side (``--parallel``): MMVAE with the Laplace prior, the
+Six runs share the one device, side by side (``--parallel``): MMVAE with the Laplace prior, the
 jointly trained EBM prior and the two-stage EBM prior fitted to the Laplace run's posterior, and
-their MMVAE+ counterparts with a private latent per modality (Laplace and EBM). Each run keeps the
+their MMVAE+ counterparts with a private latent per modality. Each run keeps the
 whole data set on the device, runs its networks in bfloat16 autocast (the likelihoods, posteriors,
 energy and Langevin chains in float32) with weights in ``channels_last``, writes a checkpoint every
 epoch and evaluates coherence at the end. This is :mod:`polymnist_protocol` with these settings; its
@@ -40,7 +40,8 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = polymnist_protocol.build_parser(__doc__.splitlines()[0])
     parser.set_defaults(
-        out="runs/polymnist_gpu", device="cuda", private=True, batch_size=128, epochs=250, two_stage_epochs=25,
+        out="runs/polymnist_gpu", device="cuda", runs=list(polymnist_protocol.RUNS), batch_size=128, epochs=250,
+        two_stage_epochs=25, two_stage_batch_size=128,
         eval_size=10000, joint_samples=10000, parallel=5, run_options=GPU_SPEED_OPTIONS,
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks as well")

@@ -7,8 +7,12 @@ Runs, each as its own process with one thread (two side by side on a 2-core mach
 2. ``ebm``: the paper's method, the EBM prior trained jointly (the library's default recipe, with
    the example's two warm-up epochs);
 3. ``two_stage``: an EBM prior fitted to the aggregate posterior of the finished ``laplace`` run;
-4. with ``--private``, ``laplace_private``, ``ebm_private`` and ``two_stage_private``: the same three
-   with MMVAE+-style private latents ("Ours+"; the two-stage prior fitted to ``laplace_private``).
+4. ``laplace_private``, ``ebm_private`` and ``two_stage_private``: the same three with MMVAE+-style
+   private latents ("Ours+"; the two-stage prior fitted to ``laplace_private``).
+
+By default it runs the private three with the settings the README's table was measured with
+(:data:`DEFAULT_RUNS`; batch 32, 8 epochs, two-stage fits of 10 epochs at batch 64, 2,000 test
+tuples): about 2 h 10 min on two cores. ``--runs`` picks others.
 
 An EBM run warms up with the base prior for ``--ebm-warmup-epochs W`` epochs, and in those it repeats
 its Laplace counterpart exactly (same seed, same losses). So it does not pay for them: it waits for
@@ -23,8 +27,8 @@ aggregate-posterior ceiling, the fraction of the Laplace-to-ceiling gap closed, 
 time (and the median epoch's seconds, with the peak GPU memory on CUDA) and the command; beside them
 ``energy_gap.png``, the EBM's energy gap over training.
 
-    OMP_NUM_THREADS=1 python bench/polymnist_protocol.py --out bench/results/polymnist_protocol
-    OMP_NUM_THREADS=1 python bench/polymnist_protocol.py --out bench/results/polymnist_protocol --resume
+    OMP_NUM_THREADS=1 python bench/polymnist_protocol.py --out ../runs/protocol --data-root ../data/polymnist
+    OMP_NUM_THREADS=1 python bench/polymnist_protocol.py --out ../runs/protocol --data-root ../data/polymnist --resume
 """
 
 from __future__ import annotations
@@ -88,12 +92,13 @@ def run_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         return options + shlex.split(args.run_options)
 
     common = shared(args.batch_size)
-    two_stage_common = shared(args.two_stage_batch_size or args.batch_size)
+    two_stage_common = shared(args.two_stage_batch_size)
     if args.ebm_options:
         common_ebm = shlex.split(args.ebm_options)
     else:
         common_ebm = []
     out = Path(args.out)
+    private = ["--private-latent-dim", str(args.latent_dim)]
     commands = {
         "laplace": ["--prior", "laplace", "--out", str(out / "laplace")],
         "ebm": ["--prior", "ebm", *common_ebm, "--out", str(out / "ebm")],
@@ -101,20 +106,24 @@ def run_commands(args: argparse.Namespace) -> dict[str, list[str]]:
             "--prior", "ebm", *common_ebm, "--two-stage-from", str(out / "laplace"), "--two-stage-epochs",
             str(args.two_stage_epochs), "--out", str(out / "two_stage"),
         ],
-    }
-    if args.private:
-        private = ["--private-latent-dim", str(args.latent_dim)]
-        commands["laplace_private"] = ["--prior", "laplace", *private, "--out", str(out / "laplace_private")]
-        commands["ebm_private"] = ["--prior", "ebm", *common_ebm, *private, "--out", str(out / "ebm_private")]
-        commands["two_stage_private"] = [  # the networks, private latents included, are the first stage's
+        "laplace_private": ["--prior", "laplace", *private, "--out", str(out / "laplace_private")],
+        "ebm_private": ["--prior", "ebm", *common_ebm, *private, "--out", str(out / "ebm_private")],
+        "two_stage_private": [  # the networks, private latents included, are the first stage's
             "--prior", "ebm", *common_ebm, "--two-stage-from", str(out / "laplace_private"), "--two-stage-epochs",
             str(args.two_stage_epochs), "--out", str(out / "two_stage_private"),
-        ]
+        ],
+    }
     return {
         name: [sys.executable, str(EXAMPLE), *(two_stage_common if name in DEPENDS_ON else common), *extra]
         for name, extra in commands.items()
     }
 
+
+RUNS = ("laplace", "ebm", "two_stage", "laplace_private", "ebm_private", "two_stage_private")
+"""Every run the protocol knows, in the order they are started."""
+
+DEFAULT_RUNS = ("laplace_private", "ebm_private", "two_stage_private")
+"""The runs of the README's table: MMVAE+, Ours+ and two-stage Ours+."""
 
 DEPENDS_ON = {"two_stage": "laplace", "two_stage_private": "laplace_private"}
 """A two-stage run and the Laplace run it starts from, once that has finished."""
@@ -324,9 +333,7 @@ def report(commands: dict[str, list[str]], out: Path) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    commands = run_commands(args)
-    if args.runs:
-        commands = {name: commands[name] for name in args.runs}
+    commands = {name: command for name, command in run_commands(args).items() if name in args.runs}
     epochs = {name: args.two_stage_epochs if name in DEPENDS_ON else args.epochs for name in commands}
     fork_after = 0 if args.no_fork else warmup_epochs(args.ebm_options)
     codes = schedule(commands, out, parallel=args.parallel, resume=args.resume, epochs=epochs, fork_after=fork_after)
@@ -340,15 +347,17 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
     """The protocol's command line (``bench/polymnist_gpu.py`` presets other defaults on it)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", default="bench/results/polymnist_protocol")
-    add_run_arguments(parser, batch_size=128, eval_size=2000)
-    parser.add_argument("--runs", nargs="+", help="only these runs (default: all)")
-    parser.add_argument("--private", action="store_true", help="add the private-latent pair")
-    parser.add_argument("--epochs", type=int, default=12)
+    add_run_arguments(parser, batch_size=32, eval_size=2000)
+    parser.add_argument(
+        "--runs", nargs="+", choices=RUNS, default=list(DEFAULT_RUNS), metavar="RUN",
+        help=f"these runs, of {', '.join(RUNS)} (default: {' '.join(DEFAULT_RUNS)})",
+    )
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--epoch-size", type=int, help="training tuples per epoch (default: all 60,000)")
     parser.add_argument("--ebm-options", default="", help="extra options of the EBM runs, e.g. '--prior-lr 2e-5'")
     parser.add_argument("--run-options", default="", help="extra options of every run, e.g. '--precision bf16'")
-    parser.add_argument("--two-stage-epochs", type=int, default=3)
-    parser.add_argument("--two-stage-batch-size", type=int, help="batch size of the two-stage fits (default: --batch-size)")
+    parser.add_argument("--two-stage-epochs", type=int, default=10)
+    parser.add_argument("--two-stage-batch-size", type=int, default=64, help="batch size of the two-stage fits")
     parser.add_argument(
         "--no-fork", action="store_true", help="EBM runs train their warm-up epochs instead of starting from the Laplace run's"
     )

@@ -116,7 +116,7 @@ def test_recipe_forks_continue_after_the_checkpoints_epochs(tmp_path):
 
 
 def test_private_two_stage_run_fits_the_private_laplace_run(tmp_path):
-    args = polymnist_protocol.build_parser().parse_args(["--out", str(tmp_path), "--private", "--ebm-options", "--prior-lr 2e-5"])
+    args = polymnist_protocol.build_parser().parse_args(["--out", str(tmp_path), "--ebm-options", "--prior-lr 2e-5"])
     commands = polymnist_protocol.run_commands(args)
     command = commands["two_stage_private"]
     assert command[command.index("--two-stage-from") + 1] == str(tmp_path / "laplace_private")
@@ -126,12 +126,26 @@ def test_private_two_stage_run_fits_the_private_laplace_run(tmp_path):
 
 def test_two_stage_fits_take_their_own_batch_size(tmp_path):
     args = polymnist_protocol.build_parser().parse_args(
-        ["--out", str(tmp_path), "--private", "--batch-size", "32", "--two-stage-batch-size", "64"]
+        ["--out", str(tmp_path), "--runs", *polymnist_protocol.RUNS, "--batch-size", "32", "--two-stage-batch-size", "64"]
     )
     commands = polymnist_protocol.run_commands(args)
     for name, command in commands.items():
         assert command.count("--batch-size") == 1
         assert command[command.index("--batch-size") + 1] == ("64" if name in polymnist_protocol.DEPENDS_ON else "32")
+
+
+def test_defaults_are_the_measured_protocol(tmp_path, capsys):
+    """Without options: MMVAE+, Ours+ and two-stage Ours+, batch 32, 8 epochs, two-stage fits of 10 at 64."""
+    args = polymnist_protocol.build_parser().parse_args(["--out", str(tmp_path)])
+    assert args.runs == ["laplace_private", "ebm_private", "two_stage_private"]
+    commands = polymnist_protocol.run_commands(args)
+    laplace, two_stage = commands["laplace_private"], commands["two_stage_private"]
+    option = lambda command, name: command[command.index(name) + 1]  # noqa: E731
+    assert (option(laplace, "--batch-size"), option(laplace, "--epochs"), option(laplace, "--eval-size")) == ("32", "8", "2000")
+    assert (option(two_stage, "--batch-size"), option(two_stage, "--two-stage-epochs")) == ("64", "10")
+    with pytest.raises(SystemExit):
+        polymnist_protocol.build_parser().parse_args(["--runs", "laplace_privat"])
+    assert "invalid choice: 'laplace_privat'" in capsys.readouterr().err
 
 
 def test_gap_figure_plots_the_training_gap_of_ml_and_generations_gap_of_nce(tmp_path, monkeypatch):
