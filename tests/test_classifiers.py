@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pyro_mmebm.evaluation import (
+    for_inference,
     CLASSIFIERS,
     MNISTClassifier,
     SVHNClassifier,
@@ -188,3 +189,24 @@ def test_runs_side_by_side_train_a_missing_classifier_once(tmp_path):
     for thread in threads:
         thread.join()
     assert len(built) == 1  # the others waited for the first and read its cache
+
+
+@pytest.mark.parametrize("architecture", ["polymnist", "mnist"])
+def test_the_inference_copy_gives_the_classifiers_logits(architecture):
+    """Batch norm folded into the convolutions, weights channels-last: the same logits (to float
+    rounding), the original left as it was."""
+    torch.manual_seed(0)
+    classifier = CLASSIFIERS[architecture]()
+    for module in classifier.modules():  # running statistics away from their initial 0 and 1
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    classifier.eval()
+    x = torch.rand(64, *classifier.in_shape)
+    fast = for_inference(classifier)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in fast.modules())
+    assert any(isinstance(module, torch.nn.BatchNorm2d) for module in classifier.modules()) == (architecture == "polymnist")
+    assert not any(p.requires_grad for p in fast.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), classifier(x), rtol=1e-4, atol=1e-4)

@@ -184,7 +184,7 @@ def fit_to_known_posterior(prior, guide, batch_size, steps, slower_from):
     1e-2, then 1e-3 from step ``slower_from``; returns the batch."""
     from pyro_mmebm.two_stage import PriorNegativeLogLikelihood
 
-    loss_fn = PriorNegativeLogLikelihood(prior, guide)
+    loss_fn = PriorNegativeLogLikelihood(prior, guide.posterior)
     optimizer = torch.optim.Adam(prior.energy.parameters(), lr=1e-2)
     batch = {"x": torch.zeros(batch_size, 1)}
     for step in range(steps):

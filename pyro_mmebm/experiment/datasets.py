@@ -107,6 +107,11 @@ def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
     return train_set, test_set
 
 
+def examples_per_epoch(config: ExperimentConfig, train_set: Dataset) -> Optional[int]:
+    """``config.epoch_size`` when it is below the training set's size, else ``None`` (all of it)."""
+    return config.epoch_size if config.epoch_size is not None and config.epoch_size < len(train_set) else None
+
+
 def train_loader(config: ExperimentConfig, train_set: Dataset, device: Optional[torch.device] = None) -> Iterable:
     """Shuffled batches; ``epoch_size`` examples per epoch, a fresh random draw each epoch.
 
@@ -115,7 +120,7 @@ def train_loader(config: ExperimentConfig, train_set: Dataset, device: Optional[
     CUDA ``device`` once (as ``uint8``: PolyMNIST's 60,000 tuples take 0.7 GB); any other through a
     ``DataLoader``.
     """
-    epoch_size = config.epoch_size if config.epoch_size is not None and config.epoch_size < len(train_set) else None
+    epoch_size = examples_per_epoch(config, train_set)
     if hasattr(train_set, "tensors"):
         modalities, labels = train_set.tensors()
         batches = InMemoryBatches(modalities, labels, config.batch_size, epoch_size=epoch_size)
@@ -124,4 +129,4 @@ def train_loader(config: ExperimentConfig, train_set: Dataset, device: Optional[
     return DataLoader(train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler)
 
 
-__all__ = ["DATASETS", "IMAGE_LIKELIHOOD", "DatasetSpec", "build_datasets", "train_loader"]
+__all__ = ["DATASETS", "IMAGE_LIKELIHOOD", "DatasetSpec", "build_datasets", "examples_per_epoch", "train_loader"]

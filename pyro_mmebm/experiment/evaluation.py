@@ -19,7 +19,7 @@ from pyro_mmebm.data import strided_subset
 from pyro_mmebm.diagnostics.figures import plot_energy_histograms
 from pyro_mmebm.ebm import EnergyBasedPrior
 from pyro_mmebm.ebm.langevin import LangevinConfig, langevin_sample
-from pyro_mmebm.evaluation import load_or_train_classifier
+from pyro_mmebm.evaluation import for_inference, load_or_train_classifier
 from pyro_mmebm.evaluation.coherence import (
     aggregate_posterior_coherence,
     cross_coherence,
@@ -42,15 +42,16 @@ def load_classifiers(
     config: ExperimentConfig, train_set: Dataset, test_set: Dataset, device: torch.device, progress: bool
 ) -> tuple[dict[str, nn.Module], dict[str, float]]:
     """``({modality: classifier}, {modality: test accuracy})``, trained once and cached in
-    ``<cache_dir>/classifiers/<dataset>``."""
+    ``<cache_dir>/classifiers/<dataset>``, each ready for evaluation only (:func:`for_inference`)."""
     spec = DATASETS[config.dataset]
     classifiers, accuracies = {}, {}
     for name, arch in spec.classifiers.items():
-        classifiers[name], accuracies[name] = load_or_train_classifier(
+        classifier, accuracies[name] = load_or_train_classifier(
             name, lambda: train_set, lambda: test_set, Path(config.cache_dir) / "classifiers" / config.dataset,
             architecture=arch, epochs=config.classifier_epochs, device=device, seed=config.train.seed,
             progress=progress,
         )
+        classifiers[name] = for_inference(classifier)
     return classifiers, accuracies
 
 

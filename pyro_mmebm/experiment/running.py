@@ -35,12 +35,12 @@ from pyro_mmebm.experiment.config import (
     load_experiment_config,
     smoke_config,
 )
-from pyro_mmebm.experiment.datasets import build_datasets, train_loader
+from pyro_mmebm.experiment.datasets import build_datasets, examples_per_epoch, train_loader
 from pyro_mmebm.experiment.evaluation import evaluate, log_evaluation, summary_row
 from pyro_mmebm.priors import EBM_PRIORS
 from pyro_mmebm.settings import replace_settings, to_dict, to_flat
 from pyro_mmebm.training import fit
-from pyro_mmebm.two_stage import fit_prior_to_posterior
+from pyro_mmebm.two_stage import PosteriorTable, fit_prior_to_posterior, freeze
 
 ModelAndGuide = Callable[[ExperimentConfig], tuple[nn.Module, nn.Module]]
 """Builds the model and guide a configuration describes (seeded with ``config.train.seed``)."""
@@ -107,19 +107,22 @@ def _run(
         group.barrier()
     config = group.broadcast(config)
     build = model_and_guide or functools.partial(build_model_and_guide, train_set=train_set)
-    loader = train_loader(config, train_set, device)
     tensorboard = out / TENSORBOARD_FOLDER if config.tensorboard else None
     if config.two_stage_from is not None:
         model, guide = _first_stage(config, build, device)
+        freeze(model, guide)  # q(z | X) of every training example, once: the encoders are fixed from here on
+        posteriors = PosteriorTable.of(guide, train_set, batch_size=config.eval_batch_size, device=device, progress=progress)
         history = fit_prior_to_posterior(
-            model, guide, loader, dataclasses.replace(config.train, epochs=config.two_stage_epochs), out_dir=out,
-            resume=config.resume, device=device, progress=progress, tensorboard=tensorboard,
+            model, guide, posteriors.loader(config.batch_size, epoch_size=examples_per_epoch(config, train_set)),
+            dataclasses.replace(config.train, epochs=config.two_stage_epochs), out_dir=out, resume=config.resume,
+            device=device, progress=progress, tensorboard=tensorboard, posterior=posteriors.posterior,
         )
     else:
         model, guide = build(config)
         history = fit(
-            model, guide, loader, config.train, elbo=build_objective(config), out_dir=out, resume=config.resume,
-            start_from=config.start_from, device=device, progress=progress, tensorboard=tensorboard,
+            model, guide, train_loader(config, train_set, device), config.train, elbo=build_objective(config),
+            out_dir=out, resume=config.resume, start_from=config.start_from, device=device, progress=progress,
+            tensorboard=tensorboard,
         )
     results = {"config": to_dict(config), "history": history, "train_seconds": sum(r["seconds"] for r in history)}
     if not group.is_main:
