@@ -137,6 +137,20 @@ def test_resume_records_the_settings_it_changes_in_the_run_history(run_folder):
     assert saved.resumes == expected and saved.train.epochs == 3
 
 
+def test_a_resume_without_start_from_keeps_where_the_run_started(run_folder):
+    """A run forked from another's checkpoint resumes from its own without naming that checkpoint
+    again (bench/polymnist_protocol.py resumes its forks so); naming another is refused."""
+    config, out = run_folder
+    saved = json.loads((out / EXPERIMENT_CONFIG_NAME).read_text())
+    saved["start_from"] = "../laplace/checkpoint_epoch2.pt"
+    (out / EXPERIMENT_CONFIG_NAME).write_text(json.dumps(saved))
+    claimed = claim_out_folder(replace_settings(config, resume=True, start_from=None))
+    assert claimed.start_from == "../laplace/checkpoint_epoch2.pt" and claimed.resumes == []
+    assert load_experiment_config(out).start_from == "../laplace/checkpoint_epoch2.pt"
+    with pytest.raises(ResumeMismatchError, match="start_from"):
+        claim_out_folder(replace_settings(config, resume=True, start_from="elsewhere.pt"))
+
+
 def test_resume_may_change_how_generation_samples_the_prior(run_folder):
     """Generation's sampler does not change what the finished epochs trained."""
     config, out = run_folder

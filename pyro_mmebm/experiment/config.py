@@ -164,8 +164,12 @@ def claim_out_folder(config: ExperimentConfig) -> ExperimentConfig:
     See :func:`~pyro_mmebm.run_folder.claim_run_folder`: a folder holding another run is refused
     unless ``config.overwrite``; a resume is checked against the saved run, setting by setting (a
     run saved flat by an earlier version is read as such, and is written back nested), before
-    anything is written.
+    anything is written. A resume that does not give ``start_from`` keeps the saved run's: where a
+    run started matters only before its first checkpoint.
     """
+    saved = Path(config.out) / EXPERIMENT_CONFIG_NAME
+    if config.resume and config.start_from is None and saved.is_file():
+        config = dataclasses.replace(config, start_from=load_experiment_config(config.out).start_from)
     written = claim_run_folder(
         config.out, to_dict(config), config_name=EXPERIMENT_CONFIG_NAME, patterns=RUN_FILE_PATTERNS,
         resume=config.resume, overwrite=config.overwrite, may_change=RESUMABLE_SETTINGS,
