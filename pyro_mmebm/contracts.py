@@ -96,7 +96,9 @@ class CrossGeneratingModel(MultimodalModel, Protocol):
     """A model whose decoders need more than ``z`` (private latents), so that generating from a subset
     of the modalities is its own method rather than ``decode`` of a posterior draw."""
 
-    def cross_generate(self, guide: Guide, batch: Batch, *, targets: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
+    def cross_generate(
+        self, guide: Guide, batch: Batch, *, targets: Optional[Sequence[str]] = None
+    ) -> dict[str, Tensor]:
         """The mean of each of ``targets`` (default: every modality) given the modalities present in
         ``batch``, from one draw of the latents per example (of a mixture-of-experts posterior, one
         expert's draw, uniformly at random): ``{name: (B, *item)}``."""

@@ -57,7 +57,9 @@ class PosteriorTable:
     scale: Tensor
 
     @classmethod
-    def of(cls, guide: Guide, data: Dataset, *, batch_size: int, device: torch.device, progress: bool = False) -> "PosteriorTable":
+    def of(
+        cls, guide: Guide, data: Dataset, *, batch_size: int, device: torch.device, progress: bool = False
+    ) -> "PosteriorTable":
         """The table of ``guide.posterior`` over ``data`` (in its order), computed on ``device``.
 
         :raises TypeError: naming it, for a posterior that is not a location-scale family or a
@@ -176,5 +178,6 @@ def fit_prior_to_posterior(
 
 
 __all__ = [
-    "TWO_STAGE_METRICS_NAME", "Posterior", "PosteriorTable", "PriorNegativeLogLikelihood", "fit_prior_to_posterior", "freeze",
+    "TWO_STAGE_METRICS_NAME", "Posterior", "PosteriorTable", "PriorNegativeLogLikelihood", "fit_prior_to_posterior",
+    "freeze",
 ]
