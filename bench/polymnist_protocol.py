@@ -12,7 +12,7 @@ Runs, each as its own process with one thread (two side by side on a 2-core mach
 
 By default it runs the private three with the settings the README's table was measured with
 (:data:`DEFAULT_RUNS`; batch 32, 8 epochs, two-stage fits of 10 epochs at batch 64, 2,000 test
-tuples): about 2 h 10 min on two cores. ``--runs`` picks others.
+tuples): about two hours on two cores. ``--runs`` picks others.
 
 An EBM run warms up with the base prior for ``--ebm-warmup-epochs W`` epochs, and in those it repeats
 its Laplace counterpart exactly (same seed, same losses). So it does not pay for them: it waits for
