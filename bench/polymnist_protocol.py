@@ -120,7 +120,7 @@ def run_commands(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 RUNS = ("laplace", "ebm", "two_stage", "laplace_private", "ebm_private", "two_stage_private")
-"""Every run the protocol knows, in the order they are started."""
+"""Every run the protocol knows (:func:`run_commands` builds a command for each): the names ``--runs`` takes."""
 
 DEFAULT_RUNS = ("laplace_private", "ebm_private", "two_stage_private")
 """The runs of the README's table: MMVAE+, Ours+ and two-stage Ours+."""

@@ -65,27 +65,31 @@ class PosteriorTable:
         :raises TypeError: naming it, for a posterior that is not a location-scale family or a
             stratified mixture of one.
         """
-        locs, scales, kind = [], [], None
+        parts = []
         with torch.no_grad():
             loader = DataLoader(data, batch_size=batch_size)
             for item in tqdm(loader, desc="posterior of every training example", disable=not progress, leave=False):
                 batch, _ = split_batch(item)
-                posterior = guide.posterior(prepare_batch(batch, device))
-                stratified = isinstance(posterior, StratifiedMixtureOfExperts)
-                experts = posterior.experts if stratified else posterior
-                base = experts.base_dist if isinstance(experts, Independent) else None
-                if type(base) not in LOCATION_SCALE_FAMILIES.values() or experts.reinterpreted_batch_ndims != 1:
-                    raise TypeError(
-                        "a two-stage fit stores q(z | X) as a location-scale family (Independent(Laplace or "
-                        f"Normal), event (d,)) or a stratified mixture of one; the guide's posterior is {posterior!r}"
-                    )
-                kind = (type(base), stratified)
-                example_first = (lambda x: x.movedim(1, 0)) if stratified else (lambda x: x)  # noqa: E731
-                locs.append(example_first(base.loc))
-                scales.append(example_first(base.scale))
-        if kind is None:
+                parts.append(cls._parameters(guide.posterior(prepare_batch(batch, device))))
+        if not parts:
             raise ValueError("cannot fit a prior to the posterior of an empty data set")
-        return cls(kind[0], kind[1], torch.cat(locs), torch.cat(scales))
+        family, stratified, _, _ = parts[0]
+        return cls(family, stratified, torch.cat([p[2] for p in parts]), torch.cat([p[3] for p in parts]))
+
+    @staticmethod
+    def _parameters(posterior: TorchDistribution) -> tuple[type[TorchDistribution], bool, Tensor, Tensor]:
+        """``(family, stratified, loc, scale)`` of one batch's posterior, ``loc`` and ``scale`` example-first."""
+        stratified = isinstance(posterior, StratifiedMixtureOfExperts)
+        experts = posterior.experts if stratified else posterior
+        base = experts.base_dist if isinstance(experts, Independent) else None
+        if type(base) not in LOCATION_SCALE_FAMILIES.values() or experts.reinterpreted_batch_ndims != 1:
+            raise TypeError(
+                "a two-stage fit stores q(z | X) as a location-scale family (Independent(Laplace or "
+                f"Normal), event (d,)) or a stratified mixture of one; the guide's posterior is {posterior!r}"
+            )
+        if stratified:
+            return type(base), True, base.loc.movedim(1, 0), base.scale.movedim(1, 0)
+        return type(base), False, base.loc, base.scale
 
     def loader(self, batch_size: int, *, epoch_size: Optional[int] = None) -> InMemoryBatches:
         """Shuffled batches ``{"loc", "scale"}`` of the table's rows, a fresh order every epoch."""

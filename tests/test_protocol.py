@@ -139,6 +139,7 @@ def test_defaults_are_the_measured_protocol(tmp_path, capsys):
     args = polymnist_protocol.build_parser().parse_args(["--out", str(tmp_path)])
     assert args.runs == ["laplace_private", "ebm_private", "two_stage_private"]
     commands = polymnist_protocol.run_commands(args)
+    assert list(commands) == list(polymnist_protocol.RUNS)  # every run --runs may name has a command
     laplace, two_stage = commands["laplace_private"], commands["two_stage_private"]
     option = lambda command, name: command[command.index(name) + 1]  # noqa: E731
     assert (option(laplace, "--batch-size"), option(laplace, "--epochs"), option(laplace, "--eval-size")) == ("32", "8", "2000")
