@@ -281,3 +281,16 @@ def test_loaders_and_batches_are_checked_as_they_enter(entry, tmp_path):
     }
     with pytest.raises(ValueError, match="divide them by 255"):
         calls[entry]()
+
+
+@pytest.mark.parametrize("entry", ["joint_coherence", "aggregate_posterior_coherence", "cross_coherence"])
+def test_classifiers_of_modalities_the_model_lacks_are_refused_by_name(entry):
+    model, guide = FakeModel(SHAPES), FakeGuide(list(SHAPES))
+    classifiers = CLASSIFIERS | {"d": ReadDigit()}
+    calls = {
+        "joint_coherence": lambda: joint_coherence(model, classifiers, 10),
+        "aggregate_posterior_coherence": lambda: aggregate_posterior_coherence(model, guide, classifiers, loader(SHAPES, 10)),
+        "cross_coherence": lambda: cross_coherence(model, guide, classifiers, loader(SHAPES, 10)),
+    }
+    with pytest.raises(ValueError, match=r"classifiers for unknown modalities \['d'\]; the model has \['a', 'b', 'c'\]"):
+        calls[entry]()

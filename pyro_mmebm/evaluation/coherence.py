@@ -84,6 +84,13 @@ def _batches(
         yield prepare_batch(batch, device), torch.as_tensor(labels).long()
 
 
+def _check_classifiers(model: MultimodalModel, classifiers: Mapping[str, nn.Module]) -> None:
+    """Refuse classifiers of modalities that ``model`` does not generate."""
+    unknown = sorted(set(classifiers) - set(model.modalities))
+    if unknown:
+        raise ValueError(f"classifiers for unknown modalities {unknown}; the model has {list(model.modalities)}")
+
+
 def _predict(classifier: nn.Module, x: Tensor) -> Tensor:
     return classifier(x).argmax(-1)
 
@@ -154,9 +161,7 @@ def generated_labels(
         without a classifier (captions) are not classified.
     :returns: ``{modality: (num_samples,) long tensor}`` on the CPU, modalities in ``classifiers``'s order.
     """
-    unknown = sorted(set(classifiers) - set(model.modalities))
-    if unknown:
-        raise ValueError(f"classifiers for unknown modalities {unknown}; the model has {model.modalities}")
+    _check_classifiers(model, classifiers)
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples}, {batch_size}")
     device = device or _default_device(model)
@@ -239,6 +244,7 @@ def aggregate_posterior_coherence(
     agree. A perfect prior of ``z`` reaches this number; the gap from a Laplace prior's joint coherence
     to it is what a learned prior can close.
     """
+    _check_classifiers(model, classifiers)
     if len(classifiers) < 2:
         raise ValueError(f"joint coherence needs classifiers for two modalities or more, got {sorted(classifiers)}")
     device = device or _default_device(model)
@@ -368,9 +374,7 @@ def cross_coherence(
     :param loader: items ``({modality: tensor}, labels)`` with every modality of the model.
     :param num_batches: use only the first ``num_batches`` items of ``loader``.
     """
-    unknown = sorted(set(classifiers) - set(model.modalities))
-    if unknown:
-        raise ValueError(f"classifiers for unknown modalities {unknown}; the model has {model.modalities}")
+    _check_classifiers(model, classifiers)
     if len(model.modalities) < 2:
         raise ValueError("cross coherence needs at least two modalities")
     device = device or _default_device(model)
