@@ -61,10 +61,13 @@ class PosteriorTable:
         cls, guide: Guide, data: Dataset, *, batch_size: int, device: torch.device, progress: bool = False
     ) -> "PosteriorTable":
         """The table of ``guide.posterior`` over ``data`` (in its order), computed on ``device``.
+        Freezes ``guide`` (:func:`freeze`: eval mode, no gradients): the table holds only while the
+        guide stays as it is.
 
         :raises TypeError: naming it, for a posterior that is not a location-scale family or a
             stratified mixture of one.
         """
+        freeze(guide)
         parts = []
         with torch.no_grad():
             loader = DataLoader(data, batch_size=batch_size)

@@ -40,7 +40,7 @@ from pyro_mmebm.experiment.evaluation import evaluate, log_evaluation, summary_r
 from pyro_mmebm.priors import EBM_PRIORS
 from pyro_mmebm.settings import replace_settings, to_dict, to_flat
 from pyro_mmebm.training import fit
-from pyro_mmebm.two_stage import PosteriorTable, fit_prior_to_posterior, freeze
+from pyro_mmebm.two_stage import PosteriorTable, fit_prior_to_posterior
 
 ModelAndGuide = Callable[[ExperimentConfig], tuple[nn.Module, nn.Module]]
 """Builds the model and guide a configuration describes (seeded with ``config.train.seed``)."""
@@ -110,7 +110,7 @@ def _run(
     tensorboard = out / TENSORBOARD_FOLDER if config.tensorboard else None
     if config.two_stage_from is not None:
         model, guide = _first_stage(config, build, device)
-        freeze(model, guide)  # q(z | X) of every training example, once: the encoders are fixed from here on
+        # q(z | X) of every training example, once: the encoders are frozen from here on
         posteriors = PosteriorTable.of(guide, train_set, batch_size=config.eval_batch_size, device=device, progress=progress)
         history = fit_prior_to_posterior(
             model, guide, posteriors.loader(config.batch_size, epoch_size=examples_per_epoch(config, train_set)),
