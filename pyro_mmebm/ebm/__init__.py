@@ -10,12 +10,13 @@
   every step), as hooks of the epoch loop;
 - :mod:`~pyro_mmebm.ebm.prior`: the prior as a module (:class:`EnergyBasedPrior`), as a model uses it,
   and its settings (:class:`EBMPriorConfig`);
-- :mod:`~pyro_mmebm.ebm.ais`: its normaliser ``log Z(α)`` by annealed importance sampling.
+- :mod:`~pyro_mmebm.ebm.ais`: its normaliser ``log Z(α)`` by annealed importance sampling;
+- :mod:`~pyro_mmebm.ebm.tails`: whether it has one: how fast ``f_α`` grows far out against ``p0``'s decay.
 """
 
 from pyro_mmebm.ebm.ais import AISResult, annealed_importance_sampling, sigmoid_schedule
 from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
-from pyro_mmebm.ebm.hooks import BasePriorWarmup, EnergyGapWatch, NoiseContrastWatch, prior_hooks, prior_watch
+from pyro_mmebm.ebm.hooks import BasePriorWarmup, EnergyGapWatch, NoiseContrastWatch, TailWatch, prior_hooks, prior_watch
 from pyro_mmebm.ebm.langevin import (
     LangevinConfig,
     LangevinDivergenceError,
@@ -33,6 +34,7 @@ from pyro_mmebm.ebm.monitoring import (
 )
 from pyro_mmebm.ebm.noise import NCE_NOISES, BaseAndFittedGaussian
 from pyro_mmebm.ebm.prior import EBMPriorConfig, EnergyBasedPrior
+from pyro_mmebm.ebm.tails import TailGrowth, tail_growth
 from pyro_mmebm.ebm.tilted_laplace import MAX_BASE_SCALES, TiltedLaplace
 
 __all__ = [
@@ -54,6 +56,8 @@ __all__ = [
     "NoiseContrastMonitor",
     "NoiseContrastWatch",
     "PersistentChains",
+    "TailGrowth",
+    "TailWatch",
     "TiltedLaplace",
     "annealed_importance_sampling",
     "check_energy_gap",
@@ -63,4 +67,5 @@ __all__ = [
     "prior_hooks",
     "prior_watch",
     "sigmoid_schedule",
+    "tail_growth",
 ]
