@@ -8,7 +8,10 @@ to ``--out``:
 - ``prior_mixing.md``: R-hat and ESS per latent dimension of several long Langevin chains;
 - ``langevin_vs_nuts.md``: short-run Langevin marginals against a NUTS reference, over K and s;
 - ``posterior.md``: expert spread and agreement and Pareto k̂ of the guide on test examples;
-- ``diagnostics.json``: every figure above in numbers, ``log Z`` by AIS and the test log-likelihood.
+- ``diagnostics.json``: every figure above in numbers, whether the prior is normalisable
+  (``tail_growth``: how fast ``f_α`` grows far out against ``p0``'s decay), ``log Z`` by AIS (``inf``
+  when it is not; the AIS figure is then kept as ``ais_estimate``) and the test log-likelihood
+  (``-inf`` then, with the figure AIS's log Z gives as ``with_ais_log_z``).
 
 Run: ``python examples/diagnose.py --run runs/polymnist_ebm --out runs/polymnist_ebm/diagnostics``.
 ``--smoke`` trains a tiny run on generated data first and diagnoses that.
@@ -43,7 +46,7 @@ from pyro_mmebm.diagnostics import (
     prior_chains,
     psis_khat,
 )
-from pyro_mmebm.ebm import TiltedLaplace, annealed_importance_sampling
+from pyro_mmebm.ebm import TiltedLaplace, annealed_importance_sampling, tail_growth
 from pyro_mmebm.evaluation import evaluate_log_likelihood, sample_mixture
 from pyro_mmebm.experiment import ExperimentConfig, load_run, run, smoke_config
 
@@ -81,8 +84,13 @@ def diagnose_prior(prior: TiltedLaplace, model, posterior_z, out: Path, args) ->
     sweep = langevin_sweep(prior, reference, [k, 4 * k], [s / 2, s, 2 * s], num_samples=args.samples)
     (out / "langevin_vs_nuts.md").write_text(_table(sweep) + "\n")
     results["sweep"] = json.loads(sweep.reset_index().to_json(orient="records"))
+    tails = tail_growth(prior)
+    results["tail_growth"] = tails.to_dict()
+    print(tails)
     ais = annealed_importance_sampling(prior, args.ais_chains, args.ais_temperatures)
-    results["log_z"] = {"estimate": ais.log_normalizer, "standard_error": ais.standard_error,
+    # Without a finite Z(α), AIS (and so the test log-likelihood) measures only where its chains went.
+    results["log_z"] = {"estimate": ais.log_normalizer if tails.normalisable else float("inf"),
+                        "ais_estimate": ais.log_normalizer, "standard_error": ais.standard_error,
                         "acceptance_rate": ais.acceptance_rate}
     return results, ais
 
@@ -126,6 +134,9 @@ def main(args: argparse.Namespace) -> None:
     loader = DataLoader(strided_subset(test_set, args.examples), batch_size=args.examples)
     estimate = evaluate_log_likelihood(model, guide, loader, args.importance_samples, ais=ais)
     results["test_log_likelihood"] = {"mean": estimate.mean, "standard_error": estimate.standard_error}
+    if not results.get("tail_growth", {}).get("normalisable", True):  # with Z(α) = ∞, log p(X) = −∞
+        results["test_log_likelihood"] = {"mean": -float("inf"), "with_ais_log_z": estimate.mean,
+                                          "standard_error": estimate.standard_error}
     atomic_save_json(results, out / "diagnostics.json")
     print(json.dumps(results, indent=2, default=str))
 

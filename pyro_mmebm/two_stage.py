@@ -29,7 +29,7 @@ from pyro_mmebm.checkpoint import resume_state
 from pyro_mmebm.contracts import Guide, MultimodalModel
 from pyro_mmebm.data import InMemoryBatches
 from pyro_mmebm.distributions import LOCATION_SCALE_FAMILIES, StratifiedMixtureOfExperts
-from pyro_mmebm.ebm.hooks import prior_watch
+from pyro_mmebm.ebm.hooks import TailWatch, prior_watch
 from pyro_mmebm.training import TrainConfig, data_parallel, train_epochs
 
 TWO_STAGE_METRICS_NAME = "two_stage_metrics.json"
@@ -178,7 +178,7 @@ def fit_prior_to_posterior(
         data_parallel(PriorNegativeLogLikelihood(model.prior, posterior or guide.posterior), device), loader, model,
         guide, optimizer,
         config, trained=(model.prior,), history=history, start_epoch=start_epoch,
-        hooks=[prior_watch(model.prior, config.max_energy_gap)], loss_name="prior_loss",
+        hooks=[prior_watch(model.prior, config.max_energy_gap), TailWatch(model.prior)], loss_name="prior_loss",
         metrics_name=TWO_STAGE_METRICS_NAME, validate=None, out_dir=out_dir, device=device, progress=progress,
         tensorboard=tensorboard,
     )

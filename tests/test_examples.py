@@ -199,3 +199,7 @@ def test_load_run_rebuilds_a_two_stage_run(tmp_path, estimator, nce_noise):
         assert 0.0 <= second["history"][0]["nce_accuracy"] <= 1.0
     # and the histograms of f set generation's samples beside the noise's draws that NCE classified
     assert ("NCE's noise" in second["energy_overlap"]["f_mean"]) == (estimator == "nce")
+    # and whether the learned prior is normalisable, as measured by tail_growth
+    tails = second["tail_growth"]
+    assert tails["excess_slope"] == pytest.approx(tails["f_slope"] - tails["base_decay"], abs=1e-5)
+    assert tails["normalisable"] == (tails["excess_slope"] < 0)

@@ -18,7 +18,7 @@ from pyro_mmebm import (
     fit,
 )
 from pyro_mmebm.checkpoint import CheckpointError, load_checkpoint
-from pyro_mmebm.ebm import LangevinDivergenceError, NoiseContrastWatch
+from pyro_mmebm.ebm import LangevinDivergenceError, NoiseContrastWatch, TailWatch, tail_growth
 from pyro_mmebm.ebm.hooks import GENERATION_GAP_STEPS
 from pyro_mmebm.networks import MLPDecoder, MLPEncoder
 
@@ -157,6 +157,29 @@ def test_noise_contrastive_training_measures_generations_gap_each_epoch_without_
 
     monkeypatch.setattr(type(model.prior()), "sample", leave_the_base)
     assert watch.generation_gap(1.0) == {"generation_diverged": 1.0}
+
+
+def test_each_tilted_epoch_records_whether_the_prior_is_normalisable_without_touching_training(monkeypatch):
+    """``tail_excess`` (``tail_growth``'s excess slope) in every epoch's record once the prior is tilted,
+    none in the warm-up; the losses are those of a run without the watch (its own random stream)."""
+    data, labels = clustered_pairs(256, seed=0)
+
+    def train():
+        torch.manual_seed(0)
+        model, guide = build(EnergyBasedPrior(2, EBMPriorConfig(hidden=16, depth=2, generation_steps=5)))
+        config = TrainConfig(epochs=3, prior_warmup_epochs=1)
+        return model, fit(model, guide, batches(data, labels), config, progress=False)
+
+    model, history = train()
+    assert "tail_excess" not in history[0]
+    assert all(math.isfinite(record["tail_excess"]) for record in history[1:])
+    assert history[-1]["tail_excess"] == tail_growth(model.prior()).excess
+    model.prior.tilted = False
+    assert TailWatch(model.prior).end_epoch() == {}
+    monkeypatch.setattr(TailWatch, "end_epoch", lambda self: {})
+    _, without = train()
+    assert "tail_excess" not in without[-1]
+    assert [r["loss"] for r in without] == [r["loss"] for r in history]
 
 
 def test_prior_gets_its_own_learning_rate_and_betas():

@@ -1,6 +1,7 @@
 """What training does for the EBM prior, as hooks of the epoch loop (:class:`~pyro_mmebm.contracts.TrainingHook`):
-a warm-up with the base prior, and the prior watched at every step: the energy gap with maximum likelihood,
-the classifier with noise-contrastive estimation (:func:`prior_watch` picks)."""
+a warm-up with the base prior, the prior watched at every step (the energy gap with maximum likelihood,
+the classifier with noise-contrastive estimation: :func:`prior_watch` picks), and whether it is still
+normalisable at the end of each epoch (:class:`TailWatch`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pyro_mmebm.contracts import TrainingHook
 from pyro_mmebm.ebm.langevin import LangevinDivergenceError
 from pyro_mmebm.ebm.monitoring import EBMDivergenceError, check_energy_gap, penalty_gap
 from pyro_mmebm.ebm.prior import EnergyBasedPrior
+from pyro_mmebm.ebm.tails import tail_growth
 
 if TYPE_CHECKING:
     from pyro_mmebm.training import TrainConfig
@@ -160,6 +162,20 @@ class NoiseContrastWatch(TrainingHook):
         return {"f_generated": f_generated, "generation_gap": f_positive - f_generated}
 
 
+class TailWatch(TrainingHook):
+    """At the end of each epoch with the prior tilted, ``tail_excess``: how much faster ``f_α`` grows far
+    out than ``log p0`` falls, along the worst direction found (:func:`~pyro_mmebm.ebm.tail_growth`;
+    positive: ``exp(f_α) p0`` is not normalisable). A few seconds an epoch, on its own random stream."""
+
+    def __init__(self, prior: EnergyBasedPrior) -> None:
+        self.prior = prior
+
+    def end_epoch(self) -> dict[str, float]:
+        if not self.prior.tilted:
+            return {}
+        return {"tail_excess": tail_growth(self.prior()).excess}
+
+
 def prior_watch(prior: EnergyBasedPrior, max_gap: float) -> Union[EnergyGapWatch, NoiseContrastWatch]:
     """The watch of ``prior``'s estimator: the energy gap (stopping beyond ``max_gap``) with maximum
     likelihood, the classifier with noise-contrastive estimation."""
@@ -170,11 +186,11 @@ def prior_watch(prior: EnergyBasedPrior, max_gap: float) -> Union[EnergyGapWatch
 
 def prior_hooks(prior: nn.Module, config: TrainConfig) -> list[TrainingHook]:
     """The hooks that joint training runs for ``prior``: for an :class:`EnergyBasedPrior`, its warm-up
-    (``config.prior_warmup_epochs``) and its estimator's watch (:func:`prior_watch`, with
-    ``config.max_energy_gap``); none for another prior."""
+    (``config.prior_warmup_epochs``), its estimator's watch (:func:`prior_watch`, with
+    ``config.max_energy_gap``) and its tails' (:class:`TailWatch`); none for another prior."""
     if not isinstance(prior, EnergyBasedPrior):
         return []
-    return [BasePriorWarmup(prior, config.prior_warmup_epochs), prior_watch(prior, config.max_energy_gap)]
+    return [BasePriorWarmup(prior, config.prior_warmup_epochs), prior_watch(prior, config.max_energy_gap), TailWatch(prior)]
 
 
-__all__ = ["BasePriorWarmup", "EnergyGapWatch", "NoiseContrastWatch", "prior_hooks", "prior_watch"]
+__all__ = ["BasePriorWarmup", "EnergyGapWatch", "NoiseContrastWatch", "TailWatch", "prior_hooks", "prior_watch"]

@@ -1,10 +1,12 @@
 """Evaluating a trained run: test objective, joint and cross coherence, the aggregate-posterior ceiling,
-a latent linear probe, ``f_α`` on posterior against prior draws, sample grids; the one-row summary of
+a latent linear probe, ``f_α`` on posterior against prior draws and whether the prior is normalisable
+(:func:`~pyro_mmebm.ebm.tail_growth`), sample grids; the one-row summary of
 a run and its TensorBoard view."""
 
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -17,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pyro_mmebm.data import strided_subset
 from pyro_mmebm.diagnostics.figures import plot_energy_histograms
-from pyro_mmebm.ebm import EnergyBasedPrior
+from pyro_mmebm.ebm import EnergyBasedPrior, tail_growth
 from pyro_mmebm.ebm.langevin import LangevinConfig, langevin_sample
 from pyro_mmebm.evaluation import for_inference, load_or_train_classifier
 from pyro_mmebm.evaluation.coherence import (
@@ -95,6 +97,10 @@ def evaluate(
         )
     if isinstance(model.prior, EnergyBasedPrior):
         results["energy_overlap"] = energy_overlap(model, guide, test_loader, out / "energy_histograms.png")
+        tails = tail_growth(model.prior())  # its own random stream: the other figures are unchanged
+        results["tail_growth"] = tails.to_dict()
+        if not tails.normalisable:
+            warnings.warn(str(tails), stacklevel=2)
     if classifiers:
         results["cross_coherence"] = cross_coherence(
             model, guide, classifiers, test_loader, device=device, max_source_size=config.max_source_size
