@@ -24,7 +24,9 @@ Every run writes a checkpoint each epoch; ``--resume`` continues unfinished runs
 one with ``results.json`` of the requested epochs, is read back; asking for more epochs continues it), so the protocol can span sessions. At the end it writes
 ``<out>/protocol.md`` and ``<out>/protocol.json``: per run the joint, cross and probe accuracy, the
 aggregate-posterior ceiling, the fraction of the Laplace-to-ceiling gap closed, epochs, steps, wall
-time (and the median epoch's seconds, with the peak GPU memory on CUDA) and the command; beside them
+time (and the median epoch's seconds, with the peak GPU memory on CUDA), for an EBM the energy gap at
+generation and the excess slope of its tails (``tail_excess``, positive when the prior is not
+normalisable: :func:`pyro_mmebm.ebm.tail_growth`) and the command; beside them
 ``energy_gap.png``, the EBM's energy gap over training.
 
     OMP_NUM_THREADS=1 python bench/polymnist_protocol.py --out ../runs/protocol --data-root ../data/polymnist
@@ -311,6 +313,7 @@ def report(commands: dict[str, list[str]], out: Path) -> dict[str, Any]:
         if peaks:
             row["peak_memory_gb"] = max(peaks)
         row["energy_gap_end"] = result.get("energy_overlap", {}).get("gap")
+        row["tail_excess"] = result.get("tail_growth", {}).get("excess_slope")  # > 0: not normalisable
         rows.append(row)
     accuracies = next((r["classifier_accuracy"] for r in results.values() if "classifier_accuracy" in r), {})
     lines = [format_table(rows), ""]

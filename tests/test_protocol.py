@@ -164,3 +164,36 @@ def test_gap_figure_plots_the_training_gap_of_ml_and_generations_gap_of_nce(tmp_
     assert path.is_file()
     assert plotted == [("ml", (1, 2), (0.3, 0.2)), ("nce (generation's chains)", (2,), (2.5,))]
     assert polymnist_protocol.plot_energy_gaps({"laplace": tmp_path / "laplace"}, tmp_path / "none.png") is None
+
+
+def test_report_reads_every_finished_run_into_one_table(tmp_path):
+    """Per run: coherences, the fraction of the Laplace-to-ceiling gap closed, epochs and steps, the
+    energy gap at generation and the tails' excess slope of an EBM; an unfinished run is left out."""
+
+    def results(joint: float, ceiling: float, **extra) -> dict:
+        return {
+            "joint_coherence": joint, "aggregate_posterior_coherence": ceiling, "test_loss": 1.0,
+            "cross_coherence": {"mean": 0.7, "mean_by_size": {"1": 0.6}}, "train_seconds": 60.0,
+            "history": [{"epoch": 0, "seconds": 30.0, "steps": 10}, {"epoch": 1, "seconds": 30.0, "steps": 10}],
+            **extra,
+        }
+
+    finished_runs = {
+        "laplace_private": results(0.3, 0.5),
+        "ebm_private": results(0.4, 0.5, energy_overlap={"gap": 2.5},
+                               tail_growth={"excess_slope": 0.45, "normalisable": False}),
+    }
+    for name, result in finished_runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(result))
+    (tmp_path / "two_stage_private").mkdir()  # started, not finished
+    commands = {name: [sys.executable, "examples/polymnist.py", "--out", name] for name in polymnist_protocol.RUNS}
+    rows = {row["run"]: row for row in polymnist_protocol.report(commands, tmp_path)["rows"]}
+    assert set(rows) == {"laplace_private", "ebm_private"}
+    ebm = rows["ebm_private"]
+    assert ebm["gap_closed"] == pytest.approx(0.5)  # (0.4 - 0.3) / (0.5 - 0.3)
+    assert ebm["tail_excess"] == 0.45 and ebm["energy_gap_end"] == 2.5
+    assert ebm["epochs"] == 2 and ebm["steps"] == 20 and ebm["epoch_s"] == 30.0
+    assert rows["laplace_private"]["tail_excess"] is None
+    table = (tmp_path / "protocol.md").read_text()
+    assert "| tail_excess |" in table.splitlines()[0] and "`python examples/polymnist.py --out ebm_private`" in table
