@@ -5,8 +5,8 @@ References: for a linear tilt ``f(z) = a·z`` of ``Laplace(μ, b)`` the excess s
 directions is ``max_v Σ_j c_j |v_j|`` with ``c_j = |a_j| − 1/b_j``: ``sqrt(Σ_{c_j > 0} c_j²)`` when some
 ``c_j > 0`` (Cauchy–Schwarz), else ``max_j c_j`` (all weight on one axis); ``exp(a·z) p0`` is
 normalisable exactly when every ``|a_j| < 1/b_j``. A bounded ``f`` has slope 0, so the excess is
-``−min_j 1/b_j`` (up to ``5 / 1e4`` at the radius of 1e4 for ``|f| ≤ 5``). For an MLP in two dimensions, the reference is the maximum of the same slope over a
-grid of 100,000 angles (spacing 6.3e-5 rad; the excess of these networks changes by at most 4.7 per
+``−min_j 1/b_j`` (up to ``5 / 1e4`` at the radius of 1e4 for ``|f| ≤ 5``). For an MLP in two
+dimensions, the reference is the maximum of the same slope over a grid of 100,000 angles (spacing 6.3e-5 rad; the excess of these networks changes by at most 4.7 per
 radian, so the grid's own error is below 1.5e-4).
 
 Tolerance: 2e-3 absolute. The slopes are computed at radius 1e4, where float32 rounding of ``f`` is
