@@ -15,7 +15,7 @@
 """
 
 from pyro_mmebm.ebm.ais import AISResult, annealed_importance_sampling, sigmoid_schedule
-from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
+from pyro_mmebm.ebm.energy import ACTIVATIONS, BoundedEnergy, EnergyMLP
 from pyro_mmebm.ebm.hooks import BasePriorWarmup, EnergyGapWatch, NoiseContrastWatch, TailWatch, prior_hooks, prior_watch
 from pyro_mmebm.ebm.langevin import (
     LangevinConfig,
@@ -42,6 +42,7 @@ __all__ = [
     "AISResult",
     "BaseAndFittedGaussian",
     "BasePriorWarmup",
+    "BoundedEnergy",
     "EBMDivergenceError",
     "EBMPriorConfig",
     "EnergyBasedPrior",

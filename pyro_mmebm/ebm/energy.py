@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-
+import torch
 from torch import Tensor, nn
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -66,9 +66,63 @@ class EnergyMLP(nn.Module):
         return self.net(z).squeeze(-1)
 
 
+class BoundedEnergy(nn.Module):
+    r"""An energy network ``h`` bounded above, so that the tilted prior is normalisable whatever ``h``:
+
+    .. math::
+
+        f(z) = m - \operatorname{softplus}(m - h(z)) < m, \qquad m = M + \delta,
+
+    with ``M`` a running mean of the largest ``h`` among the posterior draws of each training step
+    (:meth:`observe`) and ``δ`` the ``margin``. Then ``Z(α) = E_{p0}[e^{f}] < e^m`` for every ``α``,
+    and far from the data ``p_α`` falls as ``p0`` does. An MLP left unbounded grows linearly, and
+    where it grows faster than ``−log p0`` (along a cone, :func:`~pyro_mmebm.ebm.tail_growth`) the
+    tilted "prior" has infinite mass. Where the data lie, ``h ≤ M`` mostly and ``f`` is ``h`` up to
+    ``softplus(−δ)`` (0.13 nats for ``δ = 2``); a draw above the ceiling raises ``M`` for the steps
+    after it, so the bound follows the data's largest ``h`` rather than holding it down.
+
+    ``M`` is a buffer: a checkpoint saves it, and under data parallelism each process keeps its own,
+    from its own shard's draws (as :class:`~pyro_mmebm.ebm.noise.BaseAndFittedGaussian` does).
+
+    :param energy: ``h``, e.g. an :class:`EnergyMLP`.
+    :param margin: ``δ``, nats above the posterior draws' running largest ``h``.
+    :param decay: ``ρ`` of the running mean ``M ← ρ M + (1 − ρ) max h`` (0.99: about 100 steps).
+    """
+
+    def __init__(self, energy: nn.Module, margin: float = 2.0, decay: float = 0.99) -> None:
+        super().__init__()
+        if margin <= 0:
+            raise ValueError(f"need a positive margin above the posterior draws' largest energy, got {margin}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"need decay in [0, 1), got {decay}")
+        self.energy, self.margin, self.decay = energy, margin, decay
+        self.latent_dim = getattr(energy, "latent_dim", None)
+        self.register_buffer("running_max", torch.zeros(()))
+        self.register_buffer("observed", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def ceiling(self) -> Tensor:
+        """``m = M + δ``, the bound of :meth:`forward`."""
+        return self.running_max + self.margin
+
+    @torch.no_grad()
+    def observe(self, z: Tensor) -> None:
+        """Move ``M`` towards the largest ``h`` among the posterior draws ``z`` of shape ``(..., d)``
+        (the first call sets it)."""
+        largest = self.energy(z.detach()).max().to(self.running_max.dtype)
+        moved = self.running_max.lerp(largest, 1.0 - self.decay)
+        self.running_max.copy_(torch.where(self.observed, moved, largest))  # no host sync on a GPU
+        self.observed.fill_(True)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """``f(z) = m − softplus(m − h(z))``, shape ``z.shape[:-1]``."""
+        ceiling = self.ceiling.to(z.dtype)
+        return ceiling - nn.functional.softplus(ceiling - self.energy(z))
+
+
 def energy_parameters_require_grad(energy: Callable[[Tensor], Tensor]) -> bool:
     """Whether any parameter of ``energy`` (when it is a module) is being trained."""
     return isinstance(energy, nn.Module) and any(p.requires_grad for p in energy.parameters())
 
 
-__all__ = ["ACTIVATIONS", "EnergyMLP", "energy_parameters_require_grad"]
+__all__ = ["ACTIVATIONS", "BoundedEnergy", "EnergyMLP", "energy_parameters_require_grad"]

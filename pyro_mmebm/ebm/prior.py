@@ -12,7 +12,7 @@ from pyro.distributions import TorchDistribution
 from torch import nn
 
 from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES
-from pyro_mmebm.ebm.energy import ACTIVATIONS, EnergyMLP
+from pyro_mmebm.ebm.energy import ACTIVATIONS, BoundedEnergy, EnergyMLP
 from pyro_mmebm.ebm.langevin import LangevinConfig, PersistentChains
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor, NoiseContrastMonitor
 from pyro_mmebm.ebm.noise import NCE_NOISES, BaseAndFittedGaussian
@@ -43,6 +43,10 @@ class EBMPriorConfig:
     :param hidden, depth, activation, spectral_norm: the energy network, an :class:`EnergyMLP` of
         ``depth`` linear layers of width ``hidden``.
     :param regularisation: ``λ`` of the penalty ``λ (f(z)² + E f(z⁻)²)`` on ``f_α``'s magnitude.
+    :param ceiling_margin: with a value ``δ``, ``f_α`` is a :class:`~pyro_mmebm.ebm.energy.BoundedEnergy`,
+        bounded above ``δ`` nats over the running largest ``f_α`` of the posterior draws, so that
+        ``p_α`` is normalisable by construction; ``None``: the MLP unbounded, whose tails may grow
+        faster than ``p0`` falls (:func:`~pyro_mmebm.ebm.tail_growth`).
     :param persistent: continue the negative chains across training steps (``"ml"`` only).
     :param encoder_gradient: how much of ``∇_z f_α`` reaches the encoders through the posterior samples
         (1: all of it, the model's exact ELBO gradient; 0: none, so the encoders see the base ``p0``
@@ -78,6 +82,10 @@ class EBMPriorConfig:
     activation: str = setting("gelu", "activation of the energy network", choices=ACTIVATIONS)
     spectral_norm: bool = setting(False, "spectral normalisation of the energy network's layers")
     regularisation: float = setting(0.0, "penalty on the energy's magnitude", check=non_negative)
+    ceiling_margin: Optional[float] = setting(
+        None, "bound f above, this many nats over the posterior draws' running largest f, so that the "
+        "prior is normalisable (None: unbounded)", check=positive,
+    )
     persistent: bool = setting(False, "persistent Langevin chains")
     encoder_gradient: float = setting(
         0.1, "fraction of f's gradient in z that reaches the encoders (0: none)", check=fraction
@@ -134,7 +142,8 @@ class EBMPriorConfig:
 
 
 class EnergyBasedPrior(nn.Module):
-    """The EBM prior ``p_α(z) ∝ exp(f_α(z)) p0(z)`` with ``f_α`` an :class:`EnergyMLP`.
+    """The EBM prior ``p_α(z) ∝ exp(f_α(z)) p0(z)`` with ``f_α`` an :class:`EnergyMLP` (bounded above
+    by a :class:`~pyro_mmebm.ebm.energy.BoundedEnergy` when ``config.ceiling_margin`` is set).
 
     Returns a :class:`~pyro_mmebm.ebm.TiltedLaplace`.
 
@@ -149,9 +158,10 @@ class EnergyBasedPrior(nn.Module):
     def __init__(self, latent_dim: int, config: EBMPriorConfig = EBMPriorConfig(), *, base: str = "laplace") -> None:
         super().__init__()
         self.config = config
-        self.energy = EnergyMLP(  # checks latent_dim
+        energy = EnergyMLP(  # checks latent_dim
             latent_dim, config.hidden, config.depth, config.activation, spectral_norm=config.spectral_norm
         )
+        self.energy = energy if config.ceiling_margin is None else BoundedEnergy(energy, config.ceiling_margin)
         self.latent_dim = latent_dim
         # The standard base p0: buffers, so that they follow the module to its device.
         self.register_buffer("loc", torch.zeros(latent_dim))

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.distributions.utils import broadcast_all
 
 from pyro_mmebm.distributions.families import LOCATION_SCALE_FAMILIES, score
-from pyro_mmebm.ebm.energy import energy_parameters_require_grad
+from pyro_mmebm.ebm.energy import BoundedEnergy, energy_parameters_require_grad
 from pyro_mmebm.ebm.langevin import (
     LangevinConfig,
     LangevinDivergenceError,
@@ -311,6 +311,8 @@ class TiltedLaplace(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         training = torch.is_grad_enabled() and energy_parameters_require_grad(self.energy)
+        if training and isinstance(self.energy, BoundedEnergy):
+            self.energy.observe(value)  # the bound follows the posterior draws' largest energy
         scored = value
         if training and self.encoder_gradient != 1:
             scored = value.detach() + self.encoder_gradient * (value - value.detach())  # the same point
