@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_mmebm.ebm.tilted_laplace import TiltedLaplace
+from pyro_mmebm.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -120,10 +121,7 @@ def tail_growth(
         return TailGrowth(excess=-math.inf, direction=None, slope=math.nan, base_decay=math.inf, random_excess=-math.inf)
     loc, scale = prior.loc.detach(), prior.scale.detach()
     energy = prior.energy
-    modes = [(module, module.training) for module in energy.modules()] if isinstance(energy, nn.Module) else []
-    for module, _ in modes:
-        module.training = False
-    try:
+    with eval_mode(*([energy] if isinstance(energy, nn.Module) else [])):
         with torch.no_grad():
             centre = energy(loc.unsqueeze(0)).reshape(())
 
@@ -150,9 +148,6 @@ def tail_growth(
             i = int(values.argmax())
             unit = v[i] / v[i].norm()
             decay = float((unit.abs() / scale).sum())
-    finally:
-        for module, training in modes:
-            module.training = training
     return TailGrowth(
         excess=float(values[i]), direction=unit.cpu(), slope=float(values[i]) + decay, base_decay=decay,
         random_excess=float(random_excess[0]),

@@ -28,7 +28,6 @@ more than ``z`` (private latents) generates with its ``cross_generate(guide, sou
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from pyro_mmebm.batch import prepare_batch, split_batch
 from pyro_mmebm.contracts import CrossGeneratingModel, Guide, MultimodalModel
 from pyro_mmebm.atomic import atomic_save_json
 from pyro_mmebm.distributions import StratifiedMixtureOfExperts
+from pyro_mmebm.modes import eval_mode
 
 ALL_MODALITIES = "all"
 """The key of the probe on the posterior given every modality in :func:`linear_probe_accuracy`."""
@@ -57,19 +57,6 @@ ALL_MODALITIES = "all"
 def _default_device(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put ``modules`` (dropout, batch norm) in eval mode inside the block; restore every flag after."""
-    flags = [(sub, sub.training) for module in modules for sub in module.modules()]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for sub, training in flags:
-            sub.training = training
 
 
 def _batches(
@@ -166,7 +153,7 @@ def generated_labels(
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples}, {batch_size}")
     device = device or _default_device(model)
     labels: dict[str, list[Tensor]] = {name: [] for name in classifiers}
-    with _eval_mode(model, *classifiers.values()), torch.no_grad():
+    with eval_mode(model, *classifiers.values()), torch.no_grad():
         for start in range(0, num_samples, batch_size):
             _, means = model.generate(min(batch_size, num_samples - start))
             for name, classifier in classifiers.items():
@@ -249,7 +236,7 @@ def aggregate_posterior_coherence(
         raise ValueError(f"joint coherence needs classifiers for two modalities or more, got {sorted(classifiers)}")
     device = device or _default_device(model)
     agree = total = 0
-    with _eval_mode(model, guide, *classifiers.values()), torch.no_grad():
+    with eval_mode(model, guide, *classifiers.values()), torch.no_grad():
         for batch, _ in _batches(loader, num_batches, device):
             z = sample_mixture(guide.posterior({name: batch[name] for name in model.modalities}))
             generated = model.decode(z)
@@ -383,7 +370,7 @@ def cross_coherence(
     subsets = source_subsets(modalities, targets, max_source_size)
     correct = {(s, t): 0 for s in subsets for t in targets if t not in s}
     total = 0
-    with _eval_mode(model, guide, *classifiers.values()), torch.no_grad():
+    with eval_mode(model, guide, *classifiers.values()), torch.no_grad():
         for batch, labels in _batches(loader, num_batches, device):
             labels = labels.to(device)
             for sources in subsets:
@@ -459,7 +446,7 @@ def linear_probe_accuracy(
     :returns: ``{modality: accuracy, ..., "all": accuracy}``.
     """
     device = device or _default_device(guide)
-    with _eval_mode(guide), torch.no_grad():
+    with eval_mode(guide), torch.no_grad():
         train_features, train_labels = _latent_features(guide, train_loader, device, max_train_batches)
         test_features, test_labels = _latent_features(guide, test_loader, device, max_test_batches)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
@@ -591,7 +578,7 @@ def save_joint_grid(
     (captions) are skipped, or written one sentence per line to ``path.with_suffix(".txt")`` by
     ``decode_text(tokens) -> list[str]``.
     """
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         _, means = model.generate(num_samples)
     return _save_rows([(name, means[name]) for name in model.modalities], path, decode_text)
 
@@ -620,7 +607,7 @@ def save_cross_grid(
     if missing:
         raise ValueError(f"source modalities {missing} are not in the batch, which has {sorted(batch)}")
     inputs = prepare_batch({name: batch[name][:num_examples] for name in sources}, _default_device(model))
-    with _eval_mode(model, guide), torch.no_grad():
+    with eval_mode(model, guide), torch.no_grad():
         generated = generate_from(model, guide, inputs)
     rows = list(inputs.items()) + [(name, generated[name]) for name in model.modalities]
     return _save_rows(rows, path, decode_text)
