@@ -1,6 +1,7 @@
 """The energy-based prior ``p_α(z) ∝ exp(f_α(z)) p0(z)`` and everything it is made of.
 
-- :mod:`~pyro_mmebm.ebm.energy`: the energy network ``f_α`` (:class:`EnergyMLP`);
+- :mod:`~pyro_mmebm.ebm.energy`: the energy network ``f_α`` (:class:`EnergyMLP`), and its bound above
+  (:class:`BoundedEnergy`) that makes the prior normalisable;
 - :mod:`~pyro_mmebm.ebm.langevin`: the short-run Langevin sampler, its settings and persistent chains;
 - :mod:`~pyro_mmebm.ebm.tilted_laplace`: the prior as a Pyro distribution (:class:`TiltedLaplace`);
 - :mod:`~pyro_mmebm.ebm.noise`: what noise-contrastive estimation classifies against when not ``p0``;

@@ -1,7 +1,8 @@
 """The energy network ``f_α``: an MLP from the latent space to a scalar.
 
 ``f_α`` is the *negative* energy of the prior, ``p_α(z) ∝ exp(f_α(z)) p0(z)``, so larger values of
-``f_α`` mean more prior mass.
+``f_α`` mean more prior mass. :class:`BoundedEnergy` bounds a network above, so that
+``exp(f_α) p0`` has a finite normaliser whatever the network learns.
 """
 
 from __future__ import annotations
