@@ -126,4 +126,10 @@ def test_bad_settings_are_refused_by_name():
         BoundedEnergy(EnergyMLP(2), decay=1.0)
     with pytest.raises(ValueError, match="ceiling_margin"):
         EBMPriorConfig(ceiling_margin=-1.0)
-    assert math.isfinite(EBMPriorConfig(ceiling_margin=0.5).ceiling_margin)
+    assert EBMPriorConfig(ceiling_margin=0.5).bounded
+
+
+@pytest.mark.parametrize("margin", [None, math.inf])
+def test_an_infinite_or_no_margin_leaves_the_network_unbounded(margin):
+    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=8, depth=2, ceiling_margin=margin))
+    assert isinstance(prior.energy, EnergyMLP) and not prior.config.bounded

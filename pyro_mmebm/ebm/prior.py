@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
@@ -17,7 +18,9 @@ from pyro_mmebm.ebm.langevin import LangevinConfig, PersistentChains
 from pyro_mmebm.ebm.monitoring import EnergyGapMonitor, NoiseContrastMonitor
 from pyro_mmebm.ebm.noise import NCE_NOISES, BaseAndFittedGaussian
 from pyro_mmebm.ebm.tilted_laplace import ESTIMATORS, GENERATION_STARTS, TiltedLaplace
-from pyro_mmebm.settings import at_least, check_settings, fraction, non_negative, positive, setting
+from pyro_mmebm.settings import (
+    at_least, check_settings, fraction, non_negative, positive, positive_or_infinite, setting,
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,9 @@ class EBMPriorConfig:
     :param regularisation: ``λ`` of the penalty ``λ (f(z)² + E f(z⁻)²)`` on ``f_α``'s magnitude.
     :param ceiling_margin: with a value ``δ``, ``f_α`` is a :class:`~pyro_mmebm.ebm.energy.BoundedEnergy`,
         bounded above ``δ`` nats over the running largest ``f_α`` of the posterior draws, so that
-        ``p_α`` is normalisable by construction; ``None``: the MLP unbounded, whose tails may grow
-        faster than ``p0`` falls (:func:`~pyro_mmebm.ebm.tail_growth`).
+        ``p_α`` is normalisable by construction; ``inf`` (the command line's spelling) or ``None``:
+        the MLP unbounded, whose tails may grow faster than ``p0`` falls
+        (:func:`~pyro_mmebm.ebm.tail_growth`).
     :param persistent: continue the negative chains across training steps (``"ml"`` only).
     :param encoder_gradient: how much of ``∇_z f_α`` reaches the encoders through the posterior samples
         (1: all of it, the model's exact ELBO gradient; 0: none, so the encoders see the base ``p0``
@@ -84,7 +88,7 @@ class EBMPriorConfig:
     regularisation: float = setting(0.0, "penalty on the energy's magnitude", check=non_negative)
     ceiling_margin: Optional[float] = setting(
         None, "bound f above, this many nats over the posterior draws' running largest f, so that the "
-        "prior is normalisable (None: unbounded)", check=positive,
+        "prior is normalisable (inf or None: unbounded)", check=positive_or_infinite,
     )
     persistent: bool = setting(False, "persistent Langevin chains")
     encoder_gradient: float = setting(
@@ -130,6 +134,12 @@ class EBMPriorConfig:
         return self.nce_noise or "base+gaussian"
 
     @property
+    def bounded(self) -> bool:
+        """Whether ``f_α`` is bounded above (:class:`~pyro_mmebm.ebm.energy.BoundedEnergy`): a finite
+        ``ceiling_margin``."""
+        return self.ceiling_margin is not None and math.isfinite(self.ceiling_margin)
+
+    @property
     def generation(self) -> LangevinConfig:
         """The sampler that generates: :attr:`langevin`, with ``generation_steps`` steps,
         ``generation_step_size`` and ``generation_metropolis`` where set."""
@@ -161,7 +171,7 @@ class EnergyBasedPrior(nn.Module):
         energy = EnergyMLP(  # checks latent_dim
             latent_dim, config.hidden, config.depth, config.activation, spectral_norm=config.spectral_norm
         )
-        self.energy = energy if config.ceiling_margin is None else BoundedEnergy(energy, config.ceiling_margin)
+        self.energy = BoundedEnergy(energy, config.ceiling_margin) if config.bounded else energy
         self.latent_dim = latent_dim
         # The standard base p0: buffers, so that they follow the module to its device.
         self.register_buffer("loc", torch.zeros(latent_dim))
