@@ -1,7 +1,9 @@
 """Is each trained EBM prior a distribution? Its excess slope (:func:`pyro_mmebm.ebm.tail_growth`), one
 row per run.
 
-Per run: the estimator and the magnitude penalty it trained with; ``f``'s slope far out along the
+Per run: the estimator and the magnitude penalty it trained with, and its ceiling ``m`` (the bound
+of ``f_α`` when ``--ebm-ceiling-margin`` made it a :class:`~pyro_mmebm.ebm.BoundedEnergy`; empty
+otherwise); ``f``'s slope far out along the
 direction where it most outgrows ``−log p0``, ``p0``'s decay there, their difference (the excess: > 0
 means ``Z(α) = ∞``); and the unnormalised log density ``f_α + log p0`` along that direction at
 distances ``t`` from the base's centre, relative to the centre, to show where it turns up; and where
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 from pyro_mmebm.atomic import atomic_save_json
-from pyro_mmebm.ebm import EnergyBasedPrior, tail_growth
+from pyro_mmebm.ebm import BoundedEnergy, EnergyBasedPrior, tail_growth
 from pyro_mmebm.evaluation.coherence import format_table
 from pyro_mmebm.experiment import load_run
 
@@ -38,6 +40,7 @@ def tail_row(run: Path, samples: int) -> dict[str, Any]:
         "run": str(run),
         "estimator": config.ebm.estimator,
         "penalty": config.ebm.regularisation,
+        "ceiling": float(prior.energy.ceiling) if isinstance(prior.energy, BoundedEnergy) else None,
         **tails.to_dict(),
     }
     if tails.direction is not None:

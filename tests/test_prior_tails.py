@@ -16,8 +16,9 @@ from pyro_mmebm.experiment import load_run, run  # noqa: E402
 from tests.test_examples import _smoke  # noqa: E402
 
 
-def test_a_row_per_run_agrees_with_tail_growth_and_is_saved(tmp_path):
-    folder = run(_smoke(tmp_path, "ebm", prior="ebm"), progress=False)["config"]["out"]
+@pytest.mark.parametrize("ceiling_margin", [None, 2.0])
+def test_a_row_per_run_agrees_with_tail_growth_and_is_saved(tmp_path, ceiling_margin):
+    folder = run(_smoke(tmp_path, "ebm", prior="ebm", ebm_ceiling_margin=ceiling_margin), progress=False)["config"]["out"]
     out = tmp_path / "tails.json"
     (row,) = prior_tails.main(prior_tails.build_parser().parse_args([folder, "--samples", "50", "--out", str(out)]))
     _, model, *_ = load_run(folder, torch.device("cpu"))
@@ -30,6 +31,12 @@ def test_a_row_per_run_agrees_with_tail_growth_and_is_saved(tmp_path):
     assert 0 < row["generated distance median"] <= row["generated distance max"]
     assert row["generated along it max"] <= row["generated distance max"]
     assert json.loads(out.read_text())["rows"][0]["excess_slope"] == row["excess_slope"]
+    if ceiling_margin is None:
+        assert row["ceiling"] is None
+    else:  # the bound: f never exceeds it, and far out the prior falls as p0 does
+        assert row["ceiling"] == pytest.approx(float(model.prior.energy.ceiling)) and row["normalisable"]
+        with torch.no_grad():
+            assert float(model.prior.energy(1e3 * torch.randn(100, prior.loc.shape[-1])).max()) <= row["ceiling"]
 
 
 def test_a_run_without_an_ebm_prior_is_refused_by_name(tmp_path):
