@@ -126,10 +126,17 @@ def test_bad_settings_are_refused_by_name():
         BoundedEnergy(EnergyMLP(2), decay=1.0)
     with pytest.raises(ValueError, match="ceiling_margin"):
         EBMPriorConfig(ceiling_margin=-1.0)
-    assert EBMPriorConfig(ceiling_margin=0.5).bounded
+    assert EBMPriorConfig(ceiling_margin=0.5).ceiling == 0.5
 
 
-@pytest.mark.parametrize("margin", [None, math.inf])
-def test_an_infinite_or_no_margin_leaves_the_network_unbounded(margin):
-    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=8, depth=2, ceiling_margin=margin))
-    assert isinstance(prior.energy, EnergyMLP) and not prior.config.bounded
+@pytest.mark.parametrize(
+    "estimator, margin, ceiling",
+    [("nce", None, 2.0), ("ml", None, None), ("nce", math.inf, None), ("ml", math.inf, None), ("ml", 1.0, 1.0)],
+)
+def test_the_default_bounds_nce_only_and_inf_leaves_the_network_unbounded(estimator, margin, ceiling):
+    prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=8, depth=2, estimator=estimator, ceiling_margin=margin))
+    assert prior.config.ceiling == ceiling
+    if ceiling is None:
+        assert isinstance(prior.energy, EnergyMLP)
+    else:
+        assert isinstance(prior.energy, BoundedEnergy) and prior.energy.margin == ceiling

@@ -51,7 +51,7 @@ def test_log_likelihood_with_a_wider_proposal_converges():
 
 def laplace_and_constant_ebm_models():
     """Two models identical but for the prior: Laplace, and an EBM whose f ≡ 1.5 (so log Z = 1.5)."""
-    ebm = EnergyBasedPrior(LATENT_DIM, EBMPriorConfig(hidden=4, depth=2))
+    ebm = EnergyBasedPrior(LATENT_DIM, EBMPriorConfig(hidden=4, depth=2, ceiling_margin=math.inf))  # f exactly 1.5
     with torch.no_grad():
         for p in ebm.energy.parameters():
             p.zero_()

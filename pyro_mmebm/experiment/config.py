@@ -4,6 +4,7 @@ as ``experiment.json`` in the run's folder; the folder claimed for one run, and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,10 +119,12 @@ ADDED_SETTINGS = {
     "ebm_generation_step_size": None,
     "ebm_generation_start": "base",
     "ebm_warmup_epochs": 0,
+    "ebm_ceiling_margin": math.inf,
 }
 """Settings added since the first runs were saved, with what those runs did, for an ``experiment.json``
 that lacks them: the full encoder gradient, maximum likelihood, NCE against ``p0`` (before its noise
-was a setting), generation by the training sampler from ``p0``, no warm-up. Their defaults now differ."""
+was a setting), generation by the training sampler from ``p0``, no warm-up, ``f_α`` unbounded. Their
+defaults now differ."""
 
 ARCHITECTURE_SETTINGS = ("dataset", "latent_dim", "private_latent_dim", "guide")
 """Settings a two-stage run takes from the run it starts from (they fix the trained networks)."""
