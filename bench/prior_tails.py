@@ -2,10 +2,9 @@
 row per run.
 
 Per run: the estimator and the magnitude penalty it trained with, and its ceiling ``m`` (the bound
-of ``f_α`` when ``--ebm-ceiling-margin`` made it a :class:`~pyro_mmebm.ebm.BoundedEnergy`; empty
-otherwise); ``f``'s slope far out along the
-direction where it most outgrows ``−log p0``, ``p0``'s decay there, their difference (the excess: > 0
-means ``Z(α) = ∞``); and the unnormalised log density ``f_α + log p0`` along that direction at
+of ``f_α`` when it is a :class:`~pyro_mmebm.ebm.BoundedEnergy`; empty otherwise); ``f``'s slope far
+out along the direction where it most outgrows ``−log p0``, ``p0``'s decay there, their difference
+(the excess: > 0 means ``Z(α) = ∞``); and the unnormalised log density ``f_α + log p0`` along that direction at
 distances ``t`` from the base's centre, relative to the centre, to show where it turns up; and where
 generation's own chains (the run's sampler, ``--samples`` of them, seed 0) end: their median and largest
 distance from the centre, and how far the furthest gets along that direction.

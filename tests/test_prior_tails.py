@@ -19,7 +19,8 @@ from tests.test_examples import _smoke  # noqa: E402
 
 @pytest.mark.parametrize("ceiling_margin", [math.inf, 2.0])
 def test_a_row_per_run_agrees_with_tail_growth_and_is_saved(tmp_path, ceiling_margin):
-    folder = run(_smoke(tmp_path, "ebm", prior="ebm", ebm_ceiling_margin=ceiling_margin), progress=False)["config"]["out"]
+    config = _smoke(tmp_path, "ebm", prior="ebm", ebm_ceiling_margin=ceiling_margin)
+    folder = run(config, progress=False)["config"]["out"]
     out = tmp_path / "tails.json"
     (row,) = prior_tails.main(prior_tails.build_parser().parse_args([folder, "--samples", "50", "--out", str(out)]))
     _, model, *_ = load_run(folder, torch.device("cpu"))

@@ -316,7 +316,8 @@ def test_noise_contrastive_with_a_fitted_gaussian_learns_the_ratio_where_the_bas
     errors, watched = {}, {}
     for nce_noise in NCE_NOISES:
         torch.manual_seed(0)
-        prior = EnergyBasedPrior(2, EBMPriorConfig(hidden=32, depth=3, estimator="nce", nce_noise=nce_noise, ceiling_margin=math.inf))
+        config = EBMPriorConfig(hidden=32, depth=3, estimator="nce", nce_noise=nce_noise, ceiling_margin=math.inf)
+        prior = EnergyBasedPrior(2, config)
         guide = FarPosterior()
         batch = fit_to_known_posterior(prior, guide, batch_size=512, steps=600, slower_from=400)
         z = guide.posterior(batch).sample((8,)).reshape(-1, 2)

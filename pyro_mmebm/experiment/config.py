@@ -4,8 +4,8 @@ as ``experiment.json`` in the run's folder; the folder claimed for one run, and 
 from __future__ import annotations
 
 import dataclasses
-import math
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
