@@ -74,8 +74,9 @@ class BoundedEnergy(nn.Module):
 
         f(z) = m - \operatorname{softplus}(m - h(z)) < m, \qquad m = M + \delta,
 
-    with ``M`` a running mean of the largest ``h`` among the posterior draws of each training step
-    (:meth:`observe`) and ``δ`` the ``margin``. Then ``Z(α) = E_{p0}[e^{f}] < e^m`` for every ``α``,
+    with ``M`` a running mean of the largest ``h`` among the posterior draws that each training
+    ``log_prob`` of the prior scores (:meth:`observe`; once per step, or once per stratum where the
+    objective scores the strata apart) and ``δ`` the ``margin``. Then ``Z(α) = E_{p0}[e^{f}] < e^m`` for every ``α``,
     and far from the data ``p_α`` falls as ``p0`` does. An MLP left unbounded grows linearly, and
     where it grows faster than ``−log p0`` (along a cone, :func:`~pyro_mmebm.ebm.tail_growth`) the
     tilted "prior" has infinite mass. Where the data lie, ``h ≤ M`` mostly and ``f`` is ``h`` up to
@@ -87,7 +88,7 @@ class BoundedEnergy(nn.Module):
 
     :param energy: ``h``, e.g. an :class:`EnergyMLP`.
     :param margin: ``δ``, nats above the posterior draws' running largest ``h``.
-    :param decay: ``ρ`` of the running mean ``M ← ρ M + (1 − ρ) max h`` (0.99: about 100 steps).
+    :param decay: ``ρ`` of the running mean ``M ← ρ M + (1 − ρ) max h`` (0.99: about 100 updates).
     """
 
     def __init__(self, energy: nn.Module, margin: float = 2.0, decay: float = 0.99) -> None:
