@@ -98,7 +98,6 @@ class BoundedEnergy(nn.Module):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"need decay in [0, 1), got {decay}")
         self.energy, self.margin, self.decay = energy, margin, decay
-        self.latent_dim = getattr(energy, "latent_dim", None)
         self.register_buffer("running_max", torch.zeros(()))
         self.register_buffer("observed", torch.zeros((), dtype=torch.bool))
 
