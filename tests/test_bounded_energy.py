@@ -16,7 +16,7 @@ import torch
 
 from pyro_mmebm import EBMPriorConfig, EnergyBasedPrior, EnergyMLP, TiltedLaplace
 from pyro_mmebm.ebm import BoundedEnergy, tail_growth
-from tests.reference import laplace_log_density, log_normaliser
+from tests.reference import grid_2d, laplace_log_density, log_normaliser
 from tests.test_tilted_laplace import FarPosterior, fit_to_known_posterior
 
 
@@ -28,11 +28,6 @@ def steep_mlp() -> EnergyMLP:
     with torch.no_grad():
         energy.net[-1].weight.mul_(20.0)
     return energy
-
-
-def square(half_width: float, spacing: float = 0.05) -> tuple[torch.Tensor, float]:
-    t = torch.arange(-half_width, half_width + spacing / 2, spacing)
-    return torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2), spacing**2
 
 
 def test_the_value_is_the_soft_minimum_of_the_network_and_the_ceiling():
@@ -87,8 +82,9 @@ def test_a_bounded_tilt_is_normalisable_where_the_unbounded_one_is_not():
     assert tails.normalisable and tails.excess == pytest.approx(-1.0, abs=2e-3)  # −1/b: slope 0 far out
 
     def log_z(f, half_width):
+        points, cell = grid_2d(-half_width, half_width, n=round(2 * half_width / 0.05) + 1)  # spacing 0.05
         with torch.no_grad():
-            return float(log_normaliser(lambda x: f(x) + laplace_log_density(x), *square(half_width)))
+            return float(log_normaliser(lambda x: f(x) + laplace_log_density(x), points.float(), cell))
 
     # The unbounded integral over [−R, R]² keeps growing with R (measured log Z 7.3, 14.1, 26.5 at
     # R = 10, 20, 40); the bounded one has converged by R = 10 (0.791 at all three; p0 outside
