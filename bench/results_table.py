@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pyro_mmebm.evaluation.coherence import format_table
+from pyro_mmebm.experiment.config import ExperimentConfig, read_experiment_config
+from pyro_mmebm.priors import EBM_PRIORS
 
 
 CEILING = "aggregate posterior q(z)"
@@ -41,31 +43,27 @@ def chains_rows(folder: Path, name: str) -> Optional[list[dict[str, Any]]]:
     return json.loads(path.read_text())["rows"] if path.exists() else None
 
 
-def as_run_m123(folder: Path, config: dict[str, Any]) -> tuple[Optional[float], Optional[float]]:
+def as_run_m123(folder: Path, config: ExperimentConfig) -> tuple[Optional[float], Optional[float]]:
     """``(joint over m1–m3 with the run's own generation sampler, its ceiling)`` from the run's
     ``generation_chains_m123``; ``(None, None)`` without it. A Laplace run's own sampler is its prior."""
     rows = chains_rows(folder, "generation_chains_m123")
     if rows is None:
         return None, None
     ceiling = next(row["joint"] for row in rows if row["sampler"] == CEILING)
-    if config.get("prior") != "ebm":
+    if config.prior not in EBM_PRIORS:
         return next(row["joint"] for row in rows if row["sampler"].startswith("prior")), ceiling
-    ebm = config["ebm"]
-    steps = ebm.get("generation_steps") or ebm["langevin"]["steps"]
-    step_size = ebm.get("generation_step_size") or ebm["langevin"]["step_size"]
-    metropolis = ebm.get("generation_metropolis")
-    metropolis = ebm["langevin"].get("metropolis", False) if metropolis is None else metropolis
-    start = ebm.get("generation_start", "base")
+    generation = config.ebm.generation
     for row in rows:
-        if (row.get("K") == steps and row.get("s") == step_size and (row.get("start") or "base") == start
-                and row["sampler"].startswith("MALA") == metropolis):
+        if (row.get("K") == generation.steps and row.get("s") == generation.step_size
+                and (row.get("start") or "base") == config.ebm.generation_start
+                and row["sampler"].startswith("MALA") == generation.metropolis):
             return row["joint"], ceiling
     return None, ceiling
 
 
 def table_row(label: str, folder: Path) -> dict[str, Any]:
     results = json.loads((folder / "results.json").read_text())
-    config = results["config"]
+    config = read_experiment_config(results["config"])
     history = results.get("history", [])
     joint_m123, ceiling_m123 = as_run_m123(folder, config)
     all_five = chains_rows(folder, "generation_chains")

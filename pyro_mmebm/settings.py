@@ -317,8 +317,8 @@ def add_arguments(
             options["default"] = default
             options["help"] += " (default: %(default)s)"
         kind = _unwrap_optional(s.kind)
-        if kind is bool:
-            options["action"] = "store_true"
+        if kind is bool:  # one that may be None has three states: --no-FLAG sets False
+            options["action"] = "store_true" if s.kind is bool else argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
             element_types = typing.get_args(kind)
             options.update(nargs=len(element_types), type=element_types[0])

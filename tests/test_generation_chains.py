@@ -34,8 +34,8 @@ def analyse(run_folder: Path, out: Path, *options: str) -> dict:
 def test_every_sampler_has_a_row_with_its_gap_to_the_posterior(smoke_runs, tmp_path):
     results = analyse(smoke_runs["ebm"], tmp_path, "--steps", "0", "3", "--step-sizes", "0.05", "0.1")
     rows = results["rows"]
-    assert [row["sampler"] for row in rows] == [
-        "aggregate posterior q(z)", "p0", "Langevin K=3, s=0.05", "Langevin K=3, s=0.1",
+    assert [row["sampler"] for row in rows] == [  # the run's own adjustment: a bounded prior's is MALA
+        "aggregate posterior q(z)", "p0", "MALA K=3, s=0.05", "MALA K=3, s=0.1",
     ]
     f_posterior = rows[0]["f_mean"]
     for row in rows[1:]:
@@ -56,7 +56,7 @@ def test_a_diverging_sampler_is_reported_and_the_others_still_run(smoke_runs, tm
         return original(self, sample_shape)
 
     monkeypatch.setattr(TiltedLaplace, "generation_run", diverge_at_the_larger_step)
-    rows = analyse(smoke_runs["ebm"], tmp_path, "--steps", "3", "--step-sizes", "0.1", "0.05")["rows"]
+    rows = analyse(smoke_runs["ebm"], tmp_path, "--steps", "3", "--step-sizes", "0.1", "0.05", "--adjust", "ula")["rows"]
     assert rows[1] == {"sampler": "Langevin K=3, s=0.1", "start": "base", "K": 3, "s": 0.1,
                        "diverged": "chains left the finite numbers at step 2"}
     assert rows[2]["sampler"] == "Langevin K=3, s=0.05" and "gap" in rows[2]

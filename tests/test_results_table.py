@@ -13,7 +13,7 @@ import results_table  # noqa: E402
 def write_run(folder: Path, ebm: dict, chains: list[dict]) -> Path:
     folder.mkdir()
     results = {
-        "config": {"prior": "ebm", "ebm": ebm},
+        "config": {"dataset": "polymnist", "out": str(folder), "data_root": "data", "prior": "ebm", "ebm": ebm},
         "history": [{"epoch": 0, "steps": 10, "seconds": 60.0}, {"epoch": 1, "steps": 10, "seconds": 60.0}],
         "train_seconds": 120.0,
         "joint_coherence": 0.4,
@@ -35,6 +35,7 @@ CHAINS = [
     {"sampler": "MALA K=500, s=0.1", "K": 500, "s": 0.1, "start": "base", "joint": 0.62},
     {"sampler": "Langevin K=500, s=0.2", "K": 500, "s": 0.2, "start": "base", "joint": 0.63},
     {"sampler": "Langevin K=500, s=0.1, from the fitted Gaussian", "K": 500, "s": 0.1, "start": "noise", "joint": 0.64},
+    {"sampler": "MALA K=1000, s=0.3", "K": 1000, "s": 0.3, "start": "base", "joint": 0.65},
 ]
 
 
@@ -44,8 +45,12 @@ CHAINS = [
         ({"generation_steps": 500, "generation_step_size": 0.1}, 0.61),
         ({"generation_steps": 500, "generation_step_size": 0.1, "generation_metropolis": True}, 0.62),
         ({"generation_steps": 500, "generation_step_size": 0.2}, 0.63),
-        ({"generation_steps": 500, "generation_step_size": 0.1, "generation_start": "noise"}, 0.64),
+        ({"generation_steps": 500, "generation_step_size": 0.1, "generation_start": "noise", "estimator": "nce",
+          "nce_noise": "base+gaussian", "ceiling_margin": float("inf")}, 0.64),
         ({"generation_steps": 60}, None),  # no row for the run's own sampler
+        ({"estimator": "nce", "ceiling_margin": 2.0}, 0.65),  # bounded: settled chains by default
+        ({"estimator": "nce", "ceiling_margin": 2.0, "generation_steps": 500, "generation_step_size": 0.1,
+          "generation_metropolis": False}, 0.61),
     ],
 )
 def test_the_row_reads_the_run_s_own_generation_sampler(tmp_path, generation, expected):

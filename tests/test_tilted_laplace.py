@@ -465,7 +465,7 @@ def test_metropolis_adjusted_generation_samples_the_tilt_exactly_at_a_large_step
     chains = 20_000
     config = EBMPriorConfig(generation_metropolis=True)
     assert config.generation.metropolis and not config.langevin.metropolis
-    assert not EBMPriorConfig().generation.metropolis
+    assert not EBMPriorConfig(ceiling_margin=math.inf).generation.metropolis
     assert EBMPriorConfig(langevin=LangevinConfig(metropolis=True)).generation.metropolis
     torch.manual_seed(0)
     prior = tilted(LinearTilt(torch.tensor([0.5])), 1, generation=LangevinConfig(300, 1.0, metropolis=True))

@@ -123,8 +123,8 @@ ADDED_SETTINGS = {
 }
 """Settings added since the first runs were saved, with what those runs did, for an ``experiment.json``
 that lacks them: the full encoder gradient, maximum likelihood, NCE against ``p0`` (before its noise
-was a setting), generation by the training sampler from ``p0``, no warm-up, ``f_α`` unbounded. Their
-defaults now differ."""
+was a setting), generation by the training sampler from ``p0`` (``None``, which is that for an
+unbounded ``f_α``), no warm-up, ``f_α`` unbounded. Their defaults now differ."""
 
 ARCHITECTURE_SETTINGS = ("dataset", "latent_dim", "private_latent_dim", "guide")
 """Settings a two-stage run takes from the run it starts from (they fix the trained networks)."""
@@ -185,7 +185,6 @@ def smoke_config(config: ExperimentConfig) -> ExperimentConfig:
     """``config`` shrunk to seconds: generated data under ``<out>/smoke_data``, tiny networks and sizes,
     and a warm-up that leaves the EBM prior's tilt its last epoch to train."""
     data = str(Path(config.out) / "smoke_data")
-    generation_steps = config.ebm.generation_steps
     epochs = min(config.train.epochs, 2)
     return replace_settings(
         config,
@@ -193,7 +192,7 @@ def smoke_config(config: ExperimentConfig) -> ExperimentConfig:
         latent_dim=min(config.latent_dim, 4), private_latent_dim=min(config.guide.private_latent_dim, 2),
         ebm_hidden=min(config.ebm.hidden, 16), ebm_depth=min(config.ebm.depth, 2),
         langevin_steps=min(config.ebm.langevin.steps, 3), num_samples=min(config.num_samples, 2),
-        ebm_generation_steps=None if generation_steps is None else min(generation_steps, 3),
+        ebm_generation_steps=min(config.ebm.generation.steps, 3),  # the bounded prior's default is 1,000
         epochs=epochs, ebm_warmup_epochs=min(config.train.prior_warmup_epochs, epochs - 1),
         batch_size=min(config.batch_size, 10), epoch_size=None,
         eval_size=10, eval_batch_size=10, joint_samples=10, probe_train_size=20,
