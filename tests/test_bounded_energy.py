@@ -56,6 +56,10 @@ def test_the_ceiling_is_a_running_mean_of_the_posterior_draws_largest_energy():
     bounded.observe(second)
     assert float(bounded.running_max) == pytest.approx(0.9 * largest[0] + 0.1 * largest[1], rel=1e-6)
     assert float(bounded.ceiling) == pytest.approx(float(bounded.running_max) + 2.0)
+    nearer = BoundedEnergy(energy, margin=2.0, quantile=0.75)  # or a quantile of them
+    nearer.observe(first)
+    with torch.no_grad():
+        assert float(nearer.running_max) == pytest.approx(float(energy(first).quantile(0.75)), rel=1e-6)
     state = bounded.state_dict()  # a checkpoint keeps it
     restored = BoundedEnergy(EnergyMLP(2, hidden_dim=32, depth=3), margin=2.0, decay=0.9)
     restored.load_state_dict(state)
@@ -122,6 +126,11 @@ def test_bad_settings_are_refused_by_name():
         BoundedEnergy(EnergyMLP(2), margin=0.0)
     with pytest.raises(ValueError, match="decay in \\[0, 1\\)"):
         BoundedEnergy(EnergyMLP(2), decay=1.0)
+    with pytest.raises(ValueError, match="quantile in \\(0, 1\\]"):
+        EnergyBasedPrior(2, EBMPriorConfig(ceiling_quantile=0.0))
+    with pytest.raises(ValueError, match="ceiling_quantile"):
+        EBMPriorConfig(ceiling_quantile=1.5)
+    assert EnergyBasedPrior(2, EBMPriorConfig(hidden=8, depth=2, ceiling_quantile=0.9)).energy.quantile == 0.9
     with pytest.raises(ValueError, match="ceiling_margin"):
         EBMPriorConfig(ceiling_margin=-1.0)
     assert EBMPriorConfig(ceiling_margin=0.5).ceiling == 0.5

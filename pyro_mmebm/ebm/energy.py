@@ -74,9 +74,9 @@ class BoundedEnergy(nn.Module):
 
         f(z) = m - \operatorname{softplus}(m - h(z)) < m, \qquad m = M + \delta,
 
-    with ``M`` a running mean of the largest ``h`` among the posterior draws that each training
-    ``log_prob`` of the prior scores (:meth:`observe`; once per step, or once per stratum where the
-    objective scores the strata apart) and ``δ`` the ``margin``. Then ``Z(α) = E_{p0}[e^{f}] < e^m`` for every ``α``,
+    with ``M`` a running mean of the largest ``h`` (or its ``quantile``) among the posterior draws that
+    each training ``log_prob`` of the prior scores (:meth:`observe`; once per step, or once per stratum
+    where the objective scores the strata apart) and ``δ`` the ``margin``. Then ``Z(α) = E_{p0}[e^{f}] < e^m`` for every ``α``,
     and far from the data ``p_α`` falls as ``p0`` does. An MLP left unbounded grows linearly, and
     where it grows faster than ``−log p0`` (along a cone, :func:`~pyro_mmebm.ebm.tail_growth`) the
     tilted "prior" has infinite mass. Where the data lie, ``h ≤ M`` mostly and ``f`` is ``h`` up to
@@ -89,15 +89,19 @@ class BoundedEnergy(nn.Module):
     :param energy: ``h``, e.g. an :class:`EnergyMLP`.
     :param margin: ``δ``, nats above the posterior draws' running largest ``h``.
     :param decay: ``ρ`` of the running mean ``M ← ρ M + (1 − ρ) max h`` (0.99: about 100 updates).
+    :param quantile: which of the draws' ``h`` the running mean follows: 1 (the default) the largest,
+        below 1 that quantile of them, for a ceiling nearer the bulk of the data.
     """
 
-    def __init__(self, energy: nn.Module, margin: float = 2.0, decay: float = 0.99) -> None:
+    def __init__(self, energy: nn.Module, margin: float = 2.0, decay: float = 0.99, quantile: float = 1.0) -> None:
         super().__init__()
         if margin <= 0:
             raise ValueError(f"need a positive margin above the posterior draws' largest energy, got {margin}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"need decay in [0, 1), got {decay}")
-        self.energy, self.margin, self.decay = energy, margin, decay
+        if not 0.0 < quantile <= 1.0:
+            raise ValueError(f"need a quantile in (0, 1], got {quantile}")
+        self.energy, self.margin, self.decay, self.quantile = energy, margin, decay, quantile
         self.register_buffer("running_max", torch.zeros(()))
         self.register_buffer("observed", torch.zeros((), dtype=torch.bool))
 
@@ -108,9 +112,10 @@ class BoundedEnergy(nn.Module):
 
     @torch.no_grad()
     def observe(self, z: Tensor) -> None:
-        """Move ``M`` towards the largest ``h`` among the posterior draws ``z`` of shape ``(..., d)``
-        (the first call sets it)."""
-        largest = self.energy(z.detach()).max().to(self.running_max.dtype)
+        """Move ``M`` towards the largest ``h`` (or its ``quantile``) among the posterior draws ``z`` of
+        shape ``(..., d)`` (the first call sets it)."""
+        h = self.energy(z.detach()).to(self.running_max.dtype)
+        largest = h.max() if self.quantile == 1.0 else h.flatten().quantile(self.quantile)
         moved = self.running_max.lerp(largest, 1.0 - self.decay)
         self.running_max.copy_(torch.where(self.observed, moved, largest))  # no host sync on a GPU
         self.observed.fill_(True)

@@ -65,6 +65,8 @@ class EBMPriorConfig:
         ``"nce"``, measured on PolyMNIST; unbounded for ``"ml"``, which was measured unbounded and
         on the synthetic clusters of ``tests/test_training.py`` loses half its gain with the bound
         (joint coherence 0.35 against about 0.6). See :attr:`ceiling`.
+    :param ceiling_quantile: which of each step's posterior draws' ``f_α`` the bound follows: 1, the
+        largest; below 1, that quantile.
     :param persistent: continue the negative chains across training steps (``"ml"`` only).
     :param encoder_gradient: how much of ``∇_z f_α`` reaches the encoders through the posterior samples
         (1: all of it, the model's exact ELBO gradient; 0: none, so the encoders see the base ``p0``
@@ -106,6 +108,11 @@ class EBMPriorConfig:
     ceiling_margin: Optional[float] = setting(
         None, "bound f above, this many nats over the posterior draws' running largest f, so that the "
         "prior is normalisable (None: 2 for nce, unbounded for ml; inf: unbounded)", check=positive_or_infinite,
+    )
+    ceiling_quantile: float = setting(
+        1.0, "the quantile of the energy network's values on each step's posterior draws that the ceiling "
+        "follows (1: the largest)",
+        check=fraction,
     )
     persistent: bool = setting(False, "persistent Langevin chains")
     encoder_gradient: float = setting(
@@ -196,7 +203,9 @@ class EnergyBasedPrior(nn.Module):
         energy = EnergyMLP(  # checks latent_dim
             latent_dim, config.hidden, config.depth, config.activation, spectral_norm=config.spectral_norm
         )
-        self.energy = energy if config.ceiling is None else BoundedEnergy(energy, config.ceiling)
+        self.energy = (
+            energy if config.ceiling is None else BoundedEnergy(energy, config.ceiling, quantile=config.ceiling_quantile)
+        )
         self.latent_dim = latent_dim
         # The standard base p0: buffers, so that they follow the module to its device.
         self.register_buffer("loc", torch.zeros(latent_dim))
