@@ -133,7 +133,7 @@ class EBMPriorConfig:
         check=positive,
     )
     generation_metropolis: Optional[bool] = setting(
-        None, "Metropolis-adjusted (MALA) steps for generation (None: with f bounded, else --langevin-metropolis)"
+        None, "Metropolis-adjusted (MALA) steps for generation (None: yes with f bounded, else --langevin-metropolis)"
     )
     generation_start: str = setting(
         "base", "where generation's Langevin chains start: base (p0) or noise (the fitted Gaussian of nce)",
