@@ -56,7 +56,8 @@ def test_a_diverging_sampler_is_reported_and_the_others_still_run(smoke_runs, tm
         return original(self, sample_shape)
 
     monkeypatch.setattr(TiltedLaplace, "generation_run", diverge_at_the_larger_step)
-    rows = analyse(smoke_runs["ebm"], tmp_path, "--steps", "3", "--step-sizes", "0.1", "0.05", "--adjust", "ula")["rows"]
+    options = ("--steps", "3", "--step-sizes", "0.1", "0.05", "--adjust", "ula")
+    rows = analyse(smoke_runs["ebm"], tmp_path, *options)["rows"]
     assert rows[1] == {"sampler": "Langevin K=3, s=0.1", "start": "base", "K": 3, "s": 0.1,
                        "diverged": "chains left the finite numbers at step 2"}
     assert rows[2]["sampler"] == "Langevin K=3, s=0.05" and "gap" in rows[2]

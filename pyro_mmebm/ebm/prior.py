@@ -179,7 +179,9 @@ class EBMPriorConfig:
             "metropolis": self.generation_metropolis,
         }
         changes = {name: defaults.get(name) if value is None else value for name, value in changes.items()}
-        return dataclasses.replace(self.langevin, **{name: value for name, value in changes.items() if value is not None})
+        return dataclasses.replace(
+            self.langevin, **{name: value for name, value in changes.items() if value is not None}
+        )
 
 
 class EnergyBasedPrior(nn.Module):
@@ -203,9 +205,9 @@ class EnergyBasedPrior(nn.Module):
         energy = EnergyMLP(  # checks latent_dim
             latent_dim, config.hidden, config.depth, config.activation, spectral_norm=config.spectral_norm
         )
-        self.energy = (
-            energy if config.ceiling is None else BoundedEnergy(energy, config.ceiling, quantile=config.ceiling_quantile)
-        )
+        if config.ceiling is not None:
+            energy = BoundedEnergy(energy, config.ceiling, quantile=config.ceiling_quantile)
+        self.energy = energy
         self.latent_dim = latent_dim
         # The standard base p0: buffers, so that they follow the module to its device.
         self.register_buffer("loc", torch.zeros(latent_dim))
