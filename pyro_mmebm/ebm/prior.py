@@ -202,7 +202,7 @@ class EnergyBasedPrior(nn.Module):
     def __init__(self, latent_dim: int, config: EBMPriorConfig = EBMPriorConfig(), *, base: str = "laplace") -> None:
         super().__init__()
         self.config = config
-        energy = EnergyMLP(  # checks latent_dim
+        energy: nn.Module = EnergyMLP(  # checks latent_dim
             latent_dim, config.hidden, config.depth, config.activation, spectral_norm=config.spectral_norm
         )
         if config.ceiling is not None:
