@@ -49,9 +49,9 @@ class EBMPriorConfig:
     (unbounded: 0.435, gap 3.4).
 
     Maximum likelihood (``estimator="ml"``, the paper's estimator) was measured with
-    ``encoder_gradient=0``, ``hidden=200``, ``prior_lr=1e-4`` and generation by the training sampler
-    (``generation_steps=None``, ``generation_step_size=None``, unbounded): the energy gap then stays near 0, but
-    the prior learned is close to ``p0`` and generation no better than MMVAE's. With the full encoder
+    ``encoder_gradient=0``, ``hidden=200``, ``prior_lr=1e-4``, unbounded, and generation by the training
+    sampler (the generation settings ``None``): the energy gap then stays near 0, but the prior learned
+    is close to ``p0`` and generation no better than MMVAE's. With the full encoder
     gradient and no penalty it runs away; ``encoder_gradient = 1`` (the exact ELBO gradient) needs the
     penalty (``regularisation = 0.1``). Langevin: step size 0.3 (suited to a unit-scale base), 50 steps.
 
@@ -65,8 +65,9 @@ class EBMPriorConfig:
         ``"nce"``, measured on PolyMNIST; unbounded for ``"ml"``, which was measured unbounded and
         on the synthetic clusters of ``tests/test_training.py`` loses half its gain with the bound
         (joint coherence 0.35 against about 0.6). See :attr:`ceiling`.
-    :param ceiling_quantile: which of each step's posterior draws' ``f_α`` the bound follows: 1, the
-        largest; below 1, that quantile.
+    :param ceiling_quantile: which of the energy network's values on each step's posterior draws the
+        bound follows: 1, the largest; below 1, that quantile (measured on PolyMNIST: a lower one
+        brings ``E_{p_α} f`` down to ``E_q f`` and costs coherence; ``bench/RESULTS.md``).
     :param persistent: continue the negative chains across training steps (``"ml"`` only).
     :param encoder_gradient: how much of ``∇_z f_α`` reaches the encoders through the posterior samples
         (1: all of it, the model's exact ELBO gradient; 0: none, so the encoders see the base ``p0``
@@ -75,8 +76,9 @@ class EBMPriorConfig:
     :param generation_steps: Langevin steps when sampling the prior for generation: short-run chains
         that suffice for the gradient may not reach the prior's modes. ``None`` (the default), like
         ``generation_step_size`` and ``generation_metropolis``: :data:`BOUNDED_GENERATION`'s where
-        ``f_α`` is bounded (:attr:`ceiling`), the training sampler's (``langevin``) where it is not, since
-        an unbounded ``p_α`` need not be normalisable and exact chains may then run off. See :attr:`generation`.
+        ``f_α`` is bounded (:attr:`ceiling`), the training sampler's (``langevin``) where it is not,
+        since an unbounded ``p_α`` need not be normalisable and exact chains may then run off. See
+        :attr:`generation`.
     :param generation_step_size: their step size: a prior with narrow modes needs a smaller step than the
         short-run negatives use.
     :param estimator: how training learns ``f_α`` (:data:`~pyro_mmebm.ebm.tilted_laplace.ESTIMATORS`):
@@ -133,7 +135,8 @@ class EBMPriorConfig:
         check=positive,
     )
     generation_metropolis: Optional[bool] = setting(
-        None, "Metropolis-adjusted (MALA) steps for generation (None: yes with f bounded, else --langevin-metropolis)"
+        None, "Metropolis-adjusted (MALA) steps for generation (None: yes with f bounded, else "
+        "--langevin-metropolis)",
     )
     generation_start: str = setting(
         "base", "where generation's Langevin chains start: base (p0) or noise (the fitted Gaussian of nce)",
