@@ -79,9 +79,10 @@ class BoundedEnergy(nn.Module):
     where the objective scores the strata apart) and ``δ`` the ``margin``. Then
     ``Z(α) = E_{p0}[e^{f}] < e^m`` for every ``α``, and far from the data ``p_α`` falls as ``p0`` does.
     An MLP left unbounded grows linearly, and where it grows faster than ``−log p0`` (along a cone,
-    :func:`~pyro_mmebm.ebm.tail_growth`) the tilted "prior" has infinite mass. Where the data lie, ``h ≤ M`` mostly and ``f`` is ``h`` up to
-    ``softplus(−δ)`` (0.13 nats for ``δ = 2``); a draw above the ceiling raises ``M`` for the steps
-    after it, so the bound follows the data's largest ``h`` rather than holding it down.
+    :func:`~pyro_mmebm.ebm.tail_growth`) the tilted "prior" has infinite mass. Where the data lie,
+    ``h ≤ M`` mostly and ``f`` is ``h`` up to ``softplus(−δ)`` (0.13 nats for ``δ = 2``); a draw above
+    the ceiling raises ``M`` for the steps after it, so the bound follows the data's largest ``h``
+    rather than holding it down.
 
     ``M`` is a buffer: a checkpoint saves it, and under data parallelism each process keeps its own,
     from its own shard's draws (as :class:`~pyro_mmebm.ebm.noise.BaseAndFittedGaussian` does).
