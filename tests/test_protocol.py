@@ -135,14 +135,14 @@ def test_two_stage_fits_take_their_own_batch_size(tmp_path):
 
 
 def test_defaults_are_the_measured_protocol(tmp_path, capsys):
-    """Without options: MMVAE+, Ours+ and two-stage Ours+, batch 32, 8 epochs, two-stage fits of 10 at 64."""
+    """Without options: MMVAE+, Ours+ and two-stage Ours+, batch 32, 12 epochs, two-stage fits of 10 at 64."""
     args = polymnist_protocol.build_parser().parse_args(["--out", str(tmp_path)])
     assert args.runs == ["laplace_private", "ebm_private", "two_stage_private"]
     commands = polymnist_protocol.run_commands(args)
     assert list(commands) == list(polymnist_protocol.RUNS)  # every run --runs may name has a command
     laplace, two_stage = commands["laplace_private"], commands["two_stage_private"]
     option = lambda command, name: command[command.index(name) + 1]  # noqa: E731
-    assert (option(laplace, "--batch-size"), option(laplace, "--epochs"), option(laplace, "--eval-size")) == ("32", "8", "2000")
+    assert (option(laplace, "--batch-size"), option(laplace, "--epochs"), option(laplace, "--eval-size")) == ("32", "12", "2000")
     assert (option(two_stage, "--batch-size"), option(two_stage, "--two-stage-epochs")) == ("64", "10")
     with pytest.raises(SystemExit):
         polymnist_protocol.build_parser().parse_args(["--runs", "laplace_privat"])
