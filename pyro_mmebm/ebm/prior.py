@@ -175,16 +175,13 @@ class EBMPriorConfig:
         """The sampler that generates: ``generation_steps`` steps, ``generation_step_size`` and
         ``generation_metropolis`` where set; where not, :data:`BOUNDED_GENERATION`'s with ``f_α``
         bounded (:attr:`ceiling`), else :attr:`langevin`'s."""
-        defaults = BOUNDED_GENERATION if self.ceiling is not None else {}
+        sampler = self.langevin if self.ceiling is None else dataclasses.replace(self.langevin, **BOUNDED_GENERATION)
         changes = {
             "steps": self.generation_steps,
             "step_size": self.generation_step_size,
             "metropolis": self.generation_metropolis,
         }
-        changes = {name: defaults.get(name) if value is None else value for name, value in changes.items()}
-        return dataclasses.replace(
-            self.langevin, **{name: value for name, value in changes.items() if value is not None}
-        )
+        return dataclasses.replace(sampler, **{name: value for name, value in changes.items() if value is not None})
 
 
 class EnergyBasedPrior(nn.Module):
