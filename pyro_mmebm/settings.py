@@ -90,6 +90,11 @@ def fraction(value: Any) -> Optional[str]:
     return None if 0 <= value <= 1 else f"must lie in [0, 1], got {value}"
 
 
+def positive_fraction(value: Any) -> Optional[str]:
+    """A number in ``(0, 1]``."""
+    return None if 0 < value <= 1 else f"must lie in (0, 1], got {value}"
+
+
 def _is_config(kind: Any) -> bool:
     return isinstance(kind, type) and dataclasses.is_dataclass(kind)
 
@@ -340,6 +345,7 @@ __all__ = [
     "from_flat",
     "non_negative",
     "positive",
+    "positive_fraction",
     "positive_or_infinite",
     "replace_settings",
     "setting",

@@ -127,9 +127,10 @@ def test_bad_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="decay in \\[0, 1\\)"):
         BoundedEnergy(EnergyMLP(2), decay=1.0)
     with pytest.raises(ValueError, match="quantile in \\(0, 1\\]"):
-        EnergyBasedPrior(2, EBMPriorConfig(ceiling_quantile=0.0))
-    with pytest.raises(ValueError, match="ceiling_quantile"):
-        EBMPriorConfig(ceiling_quantile=1.5)
+        BoundedEnergy(EnergyMLP(2), quantile=0.0)
+    for quantile in (0.0, 1.5):  # refused by the settings, before any network is built
+        with pytest.raises(ValueError, match="ceiling_quantile .* must lie in \\(0, 1\\]"):
+            EBMPriorConfig(ceiling_quantile=quantile)
     assert EnergyBasedPrior(2, EBMPriorConfig(hidden=8, depth=2, ceiling_quantile=0.9)).energy.quantile == 0.9
     with pytest.raises(ValueError, match="ceiling_margin"):
         EBMPriorConfig(ceiling_margin=-1.0)

@@ -19,7 +19,7 @@ from pyro_mmebm.ebm.monitoring import EnergyGapMonitor, NoiseContrastMonitor
 from pyro_mmebm.ebm.noise import NCE_NOISES, BaseAndFittedGaussian
 from pyro_mmebm.ebm.tilted_laplace import ESTIMATORS, GENERATION_STARTS, TiltedLaplace
 from pyro_mmebm.settings import (
-    at_least, check_settings, fraction, non_negative, positive, positive_or_infinite, setting,
+    at_least, check_settings, fraction, non_negative, positive, positive_fraction, positive_or_infinite, setting,
 )
 
 
@@ -114,7 +114,7 @@ class EBMPriorConfig:
     ceiling_quantile: float = setting(
         1.0, "the quantile of the energy network's values on each step's posterior draws that the ceiling "
         "follows (1: the largest)",
-        check=fraction,
+        check=positive_fraction,
     )
     persistent: bool = setting(False, "persistent Langevin chains")
     encoder_gradient: float = setting(
