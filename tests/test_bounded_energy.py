@@ -32,6 +32,15 @@ def steep_mlp() -> EnergyMLP:
     return energy
 
 
+def bounded_steep_mlp() -> tuple[EnergyMLP, BoundedEnergy]:
+    """:func:`steep_mlp`, and that MLP bounded 2 nats over its value at the base's centre."""
+    energy = steep_mlp()
+    bounded = BoundedEnergy(energy, margin=2.0)
+    with torch.no_grad():
+        bounded.running_max.fill_(float(energy(torch.zeros(1, 2))))
+    return energy, bounded
+
+
 def test_the_value_is_the_soft_minimum_of_the_network_and_the_ceiling():
     energy = steep_mlp()
     bounded = BoundedEnergy(energy, margin=1.5)
@@ -78,10 +87,7 @@ def test_training_moves_the_ceiling_and_nothing_else_does():
 
 
 def test_a_bounded_tilt_is_normalisable_where_the_unbounded_one_is_not():
-    energy = steep_mlp()
-    bounded = BoundedEnergy(energy, margin=2.0)
-    with torch.no_grad():
-        bounded.running_max.fill_(float(energy(torch.zeros(1, 2))))  # the ceiling 2 nats over f(0)
+    energy, bounded = bounded_steep_mlp()
     loc, scale = torch.zeros(2), torch.ones(2)
     assert not tail_growth(TiltedLaplace(energy, loc, scale)).normalisable
     tails = tail_growth(TiltedLaplace(bounded, loc, scale))
@@ -173,10 +179,7 @@ def test_the_default_generation_samples_the_bounded_prior_where_short_chains_do_
     ``f``). Measured on this seed: the default sampler (Metropolis-adjusted, 1,000 steps of 0.3) is
     off by 0.01 in ``E f``; 500 unadjusted steps of 0.1, the earlier default, by 0.21 (15 standard
     errors), and the 50 training steps of 0.3 by 0.25."""
-    energy = steep_mlp()
-    bounded = BoundedEnergy(energy, margin=2.0)
-    with torch.no_grad():
-        bounded.running_max.fill_(float(energy(torch.zeros(1, 2))))
+    _, bounded = bounded_steep_mlp()
     points, _ = grid_2d(-20.0, 20.0, n=801)
     points = points.float()
     with torch.no_grad():
