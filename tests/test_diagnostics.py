@@ -96,7 +96,8 @@ def test_prior_chains_start_from_the_base_and_use_the_priors_generation_sampler(
     run = prior_chains(prior, num_chains=5)
     assert run.states.shape == (8, 5, LATENT_DIM) and run.step_size == 0.2
     unbounded = dataclasses.replace(settings, generation_steps=None, generation_step_size=None, ceiling_margin=math.inf)
-    assert prior_chains(EnergyBasedPrior(LATENT_DIM, unbounded)(), num_chains=2).states.shape[0] == LangevinConfig().steps + 1
+    untuned = prior_chains(EnergyBasedPrior(LATENT_DIM, unbounded)(), num_chains=2)
+    assert untuned.states.shape[0] == LangevinConfig().steps + 1  # unbounded: the training sampler
     idata = langevin_inference_data(run)
     assert idata.posterior["z"].shape == (5, 8, LATENT_DIM)
 
